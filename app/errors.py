@@ -1,0 +1,76 @@
+"""Every error the API answers is JSON `{"error": {"code", "message"}}` with the right status."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chinfix.contract import ErrorCode
+from chinfix.errors import ImageError
+
+log = logging.getLogger("chinfix.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status_code, content={"error": {"code": code, "message": message, **extra}}, headers=headers
+    )
+
+
+_STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 401: ErrorCode.UNAUTHORIZED}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+        return error_response(error.status_code, error.code, error.message, error.headers)
+
+    @app.exception_handler(ImageError)
+    async def _image_error(_: Request, error: ImageError) -> JSONResponse:
+        return error_response(error.http_status, error.code, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(422, ErrorCode.INVALID_OPTIONS, describe_validation_errors(error.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(error.status_code, ErrorCode.INVALID_OPTIONS)
+        message = f"{request.method} {request.url.path}: {error.detail}. See /docs for the API."
+        return error_response(error.status_code, code, message, getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+        request_id = secrets.token_hex(8)
+        log.exception("unhandled error, request id %s", request_id)
+        return error_response(
+            500,
+            ErrorCode.INTERNAL_ERROR,
+            f"Something went wrong on our side. Quote request id {request_id} if it happens again.",
+            request_id=request_id,
+        )
+
+
+def describe_validation_errors(errors: list[dict]) -> str:
+    """One sentence naming each bad field, e.g. "refine: Input should be 'diffuse', 'warp' or 'none'"."""
+    parts = []
+    for item in errors:
+        location = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
+        parts.append(f"{location or 'request'}: {item.get('msg', 'invalid')}")
+    return "Invalid request. " + "; ".join(parts)

@@ -1,0 +1,73 @@
+"""Response bodies, as pydantic models so /docs shows them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from chinfix.contract import JobStatus, Stage
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class JobLinks(BaseModel):
+    self: str
+    result: str
+    debug: dict[str, str] = Field(default_factory=dict)
+
+
+class ResultInfo(BaseModel):
+    url: str
+    width: int
+    height: int
+    content_type: str
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: JobStatus
+    links: JobLinks
+
+
+class JobView(BaseModel):
+    id: str
+    status: JobStatus
+    stage: Stage | None
+    progress: float = Field(description="0..1 over the whole job")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    options: dict[str, Any]
+    error: ErrorBody | None
+    result: ResultInfo | None
+    report: dict[str, Any] = Field(
+        default_factory=dict, description="what the pipeline found: faces, scores, alpha, mask source, timings"
+    )
+    links: JobLinks
+
+
+class WorkerView(BaseModel):
+    name: str
+    device: str | None = None
+    missing_models: list[str] = Field(default_factory=list)
+    current_job: str | None = None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    redis: bool
+    workers: list[WorkerView]
+    problems: list[str]
+
+
+def timestamp(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)

@@ -1,0 +1,139 @@
+"""The job contract, defined once: the API and the worker both import it.
+
+Queue name and key prefix come from settings; everything else here is fixed vocabulary.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class Stage(StrEnum):
+    """Pipeline stages in the order a job goes through them."""
+
+    ALIGN = "align"
+    INVERT = "invert"
+    EDIT = "edit"
+    REFINE = "refine"
+    COMPOSE = "compose"
+
+
+class ErrorCode(StrEnum):
+    """Why a request or a job failed, in words a photo app can branch on."""
+
+    # request errors (HTTP 4xx, nothing queued)
+    UNAUTHORIZED = "unauthorized"
+    INVALID_OPTIONS = "invalid_options"
+    EMPTY_UPLOAD = "empty_upload"
+    UPLOAD_TOO_LARGE = "upload_too_large"
+    IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_TOO_SMALL = "image_too_small"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    IMAGE_UNREADABLE = "image_unreadable"
+    JOB_NOT_FOUND = "job_not_found"
+    JOB_NOT_FINISHED = "job_not_finished"
+    JOB_FAILED = "job_failed"
+    JOB_RUNNING = "job_running"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    # job errors (the job ends failed)
+    NO_FACE = "no_face"
+    FACE_NOT_FOUND = "face_not_found"
+    FACE_TOO_SMALL = "face_too_small"
+    MODEL_MISSING = "model_missing"
+    JOB_TIMEOUT = "job_timeout"
+    WORKER_LOST = "worker_lost"
+    INTERNAL_ERROR = "internal_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+
+
+class RefineMethod(StrEnum):
+    DIFFUSE = "diffuse"
+    WARP = "warp"
+    NONE = "none"
+
+
+class OutputFormat(StrEnum):
+    JPEG = "jpeg"
+    PNG = "png"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+
+class ReturnKind(StrEnum):
+    PHOTO = "photo"
+    ALIGNED = "aligned"
+
+
+FaceChoice = Literal["largest"] | Annotated[int, Field(ge=0)]
+
+
+class EditOptions(BaseModel):
+    """What a client may ask of one edit. The API validates it; the worker receives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    strength: float = Field(1.0, ge=0.0, le=1.0, description="0 leaves the photo alone, 1 is the full edit")
+    refine: RefineMethod = Field(RefineMethod.DIFFUSE, description="diffuse (quality), warp (speed) or none")
+    face: FaceChoice = Field("largest", description="'largest' or the index of a face, counted left to right")
+    output: OutputFormat = Field(OutputFormat.JPEG, description="encoding of the result")
+    quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
+    return_kind: ReturnKind = Field(
+        ReturnKind.PHOTO,
+        alias="return",
+        description="photo: the whole edited photo; aligned: the aligned face crop",
+    )
+    debug: bool = Field(False, description="also keep the intermediate images (aligned, reconstruction, edit, mask)")
+
+
+STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
+
+DEBUG_IMAGE_NAMES = ("aligned", "reconstruction", "edited", "soft_mask")
+
+
+class RedisKeys:
+    """Every Redis key chinfix writes, under one prefix so several deployments can share a Redis."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def job(self, job_id: str) -> str:
+        """Hash: the job record (status, stage, progress, timestamps, error, result, report)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_input(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:input"
+
+    def job_result(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:result"
+
+    def job_debug(self, job_id: str, name: str) -> str:
+        return f"{self.prefix}:job:{job_id}:debug:{name}"
+
+    def job_lease(self, job_id: str) -> str:
+        """Refreshed by the worker while it runs the job; its expiry means the worker died."""
+        return f"{self.prefix}:job:{job_id}:lease"
+
+    def worker(self, worker_name: str) -> str:
+        """A worker's heartbeat: its name, device and which models it lacks."""
+        return f"{self.prefix}:worker:{worker_name}"
+
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"

@@ -1,0 +1,31 @@
+"""Pipelines that the service tests put in place of the real one, to exercise the plumbing alone.
+
+They honour the same contract as `worker.pipeline.portrait.edit_portrait`; none claims to remove a chin.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from chinfix.contract import Stage
+from worker.pipeline.portrait import EditResult
+
+
+def darken_lower_third(photo, options, registry, progress) -> EditResult:
+    """Darkens the lower third of the photo: a visible, checkable change."""
+    for stage in Stage:
+        progress(stage, 1.0)
+    edited = photo.copy()
+    lower = edited.shape[0] * 2 // 3
+    edited[lower:] = (edited[lower:] // 2).astype(np.uint8)
+    return EditResult(image=edited, report={"faces_found": 1, "pipeline": "stub"}, debug_images={"soft_mask": edited[..., 0]})
+
+
+def hang_in_invert(photo, options, registry, progress) -> EditResult:
+    """Reports the invert stage, then sleeps: a job to kill the worker under."""
+    progress(Stage.ALIGN, 1.0)
+    progress(Stage.INVERT, 0.1)
+    time.sleep(600)
+    raise AssertionError("the test kills the worker long before this")
