@@ -42,8 +42,12 @@ class LPIPS(nn.Module):
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Channel-normalised float32 features of the five relu stages of `images` (Nx3xHxW, [-1, 1])."""
-        stages = self.vgg((images - self.shift) / self.scale)
+        """Channel-normalised float32 features of the five relu stages of `images` (Nx3xHxW, [-1, 1]).
+
+        The trunk runs in its parameters' dtype (`metric.vgg.half()` gives an fp16 trunk on CUDA).
+        """
+        trunk_dtype = self.vgg.features[0].weight.dtype
+        stages = self.vgg(((images - self.shift) / self.scale).to(trunk_dtype))
         # fp32 here: the squared channel sums of relu features overflow fp16 under autocast.
         return [_unit_along_channels(stage.float()) for stage in stages]
 

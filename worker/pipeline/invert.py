@@ -130,6 +130,12 @@ def targets_from_rgb(crops: Sequence[np.ndarray], device: torch.device | str = "
     return (batch.to(device).permute(0, 3, 1, 2).float() / 127.5) - 1.0
 
 
+def rgb_from_images(images: torch.Tensor) -> np.ndarray:
+    """Nx3xSxS float images in [-1, 1] -> NxSxSx3 uint8 RGB (clipped, rounded)."""
+    pixels = ((images.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
 def perceptual_input(images: torch.Tensor) -> torch.Tensor:
     """Area-downsample Nx3xSxS images to 256x256 when larger (the projector's rule)."""
     if images.shape[-1] > PERCEPTUAL_RESOLUTION:

@@ -58,8 +58,8 @@ class SoftMaskConfig:
 class LandmarkMaskConfig:
     """The landmark fallback's skin-colour test and shape limits, in resolution-free units."""
 
-    max_colour_distance: float = 4.0  # Mahalanobis distance in (r, g) chromaticity from the cheeks'
-    min_chromaticity_std: float = 0.004  # floors the cheeks' spread so an evenly lit face still admits shading
+    max_colour_distance: float = 3.0  # Mahalanobis distance in (r, g) chromaticity from the cheeks'
+    min_chromaticity_std: float = 0.01  # floors the cheeks' spread so an evenly lit face still admits shading
     min_brightness_fraction: float = 0.2  # darker than this (of the cheeks) is too dark to judge
     smoothing_fraction: float = 1 / 256  # Gaussian sigma as a fraction of S; JPEG chroma is blocky
     depth_fraction: float = 0.5  # the mask reaches at most this many jaw widths below the chin

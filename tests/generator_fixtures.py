@@ -1,0 +1,276 @@
+"""Tiny StyleGAN2 generators for tests, and writers for every checkpoint format the loader reads.
+
+For other engineers' tests:
+    G = build_tiny_generator(resolution=32, seed=0)       # eval mode, requires_grad off, CPU
+    path = save_tiny_generator(tmp_path / "g.safetensors", resolution=32)   # then load_generator(path)
+
+Tiny generators have random weights but non-zero noise strengths and biases and a real `w_avg`
+(the mean of the mapping output), so noise, truncation and bias paths all matter in tests.
+The NVIDIA-pickle and rosinality writers describe those foreign formats independently of the
+loader (see the docstrings), so loading what they write tests the loader's reading of the formats.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worker.models.checkpoints import save_canonical
+from worker.models.stylegan2 import Generator, GeneratorArchitecture, fir_filter_2d
+
+TINY_CHANNEL_MAX = 32
+TINY_W_DIM = 32
+CHECKPOINT_FORMATS = ("canonical", "nvidia-state-dict", "nvidia-safetensors", "nvidia-pickle", "rosinality")
+
+
+def tiny_architecture(resolution: int = 32, **overrides: object) -> GeneratorArchitecture:
+    """Channels 32 at 4..8 px, halving per resolution after that (down to 4); z and w of 32."""
+    options = dict(channel_base=8 * TINY_CHANNEL_MAX, channel_max=TINY_CHANNEL_MAX, z_dim=TINY_W_DIM, w_dim=TINY_W_DIM)
+    options.update(overrides)
+    architecture = GeneratorArchitecture.from_channel_rule(resolution, **options)
+    channels = tuple(max(c, 4) for c in architecture.block_channels)
+    return GeneratorArchitecture.from_json_dict({**architecture.to_json_dict(), "block_channels": channels})
+
+
+def build_tiny_generator(resolution: int = 32, seed: int = 0, **architecture_overrides: object) -> Generator:
+    """A random StyleGAN2 generator (eval mode, requires_grad off), deterministic for a seed."""
+    torch.manual_seed(seed)
+    generator = Generator(tiny_architecture(resolution, **architecture_overrides)).eval()
+    with torch.no_grad():
+        for name, parameter in generator.named_parameters():
+            if name.endswith("noise_strength"):
+                parameter.copy_(0.1 + 0.2 * torch.rand([]))
+            elif name.endswith("bias") and "affine" not in name:
+                parameter.copy_(0.1 * torch.randn_like(parameter))
+        z = torch.randn([2000, generator.z_dim], generator=torch.Generator().manual_seed(seed + 1))
+        generator.mapping.w_avg.copy_(generator.mapping(z)[:, 0].mean(dim=0))
+    return generator.requires_grad_(False)
+
+
+def save_tiny_generator(
+    path: str | Path, resolution: int = 32, seed: int = 0, format: str = "canonical", **architecture_overrides: object
+) -> Path:
+    """Build a tiny generator and write it in one of `CHECKPOINT_FORMATS`; returns `path`."""
+    return save_generator_as(build_tiny_generator(resolution, seed, **architecture_overrides), path, format)
+
+
+def save_generator_as(generator: Generator, path: str | Path, format: str) -> Path:
+    path = Path(path)
+    if format == "canonical":
+        return save_canonical(generator, path)
+    if format == "nvidia-state-dict":
+        torch.save(generator.state_dict(), path)
+    elif format == "nvidia-safetensors":
+        from safetensors.torch import save_file
+
+        save_file({key: value.contiguous() for key, value in generator.state_dict().items()}, str(path))
+    elif format == "nvidia-pickle":
+        write_nvidia_pickle(generator, path)
+    elif format == "rosinality":
+        torch.save({"g_ema": rosinality_state_dict(generator), "latent_avg": generator.w_avg.clone()}, path)
+    else:
+        raise ValueError(f"unknown checkpoint format {format!r}; one of {CHECKPOINT_FORMATS}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# rosinality layout (stylegan2-pytorch model.py: style.{1..8}, input, conv1, to_rgb1, convs.{2k,2k+1},
+# to_rgbs.{k}, noises.noise_{i}; conv weights 1xOxIxKxK, noise strength [1], toRGB bias 1x3x1x1).
+
+
+def _rosinality_styled_conv(state: dict, nvidia_prefix: str, upsample: bool, kernel: torch.Tensor) -> dict:
+    tensors = {
+        "conv.weight": state[f"{nvidia_prefix}.weight"][None],
+        "conv.modulation.weight": state[f"{nvidia_prefix}.affine.weight"],
+        "conv.modulation.bias": state[f"{nvidia_prefix}.affine.bias"],
+        "noise.weight": state[f"{nvidia_prefix}.noise_strength"].reshape(1),
+        "activate.bias": state[f"{nvidia_prefix}.bias"],
+    }
+    if upsample:
+        tensors["conv.blur.kernel"] = kernel * 4
+    return tensors
+
+
+def _rosinality_to_rgb(state: dict, nvidia_prefix: str, upsample: bool, kernel: torch.Tensor) -> dict:
+    tensors = {
+        "conv.weight": state[f"{nvidia_prefix}.weight"][None],
+        "conv.modulation.weight": state[f"{nvidia_prefix}.affine.weight"],
+        "conv.modulation.bias": state[f"{nvidia_prefix}.affine.bias"],
+        "bias": state[f"{nvidia_prefix}.bias"].reshape(1, -1, 1, 1),
+    }
+    if upsample:
+        tensors["upsample.kernel"] = kernel * 4
+    return tensors
+
+
+def rosinality_state_dict(generator: Generator) -> dict[str, torch.Tensor]:
+    """The generator's weights as rosinality's `Generator.state_dict()` names and shapes them."""
+    state = {key: value.clone() for key, value in generator.state_dict().items()}
+    kernel = fir_filter_2d(generator.architecture.resample_filter)
+    out: dict[str, torch.Tensor] = {}
+
+    def put(prefix: str, tensors: dict) -> None:
+        out.update({f"{prefix}.{name}": tensor for name, tensor in tensors.items()})
+
+    for index in range(generator.architecture.mapping_layers):
+        out[f"style.{index + 1}.weight"] = state[f"mapping.fc{index}.weight"]
+        out[f"style.{index + 1}.bias"] = state[f"mapping.fc{index}.bias"]
+    out["input.input"] = state["synthesis.b4.const"][None]
+    put("conv1", _rosinality_styled_conv(state, "synthesis.b4.conv1", False, kernel))
+    put("to_rgb1", _rosinality_to_rgb(state, "synthesis.b4.torgb", False, kernel))
+    out["noises.noise_0"] = state["synthesis.b4.conv1.noise_const"][None, None]
+    for block_index, resolution in enumerate(generator.synthesis.block_resolutions[1:]):
+        put(f"convs.{2 * block_index}", _rosinality_styled_conv(state, f"synthesis.b{resolution}.conv0", True, kernel))
+        put(f"convs.{2 * block_index + 1}", _rosinality_styled_conv(state, f"synthesis.b{resolution}.conv1", False, kernel))
+        put(f"to_rgbs.{block_index}", _rosinality_to_rgb(state, f"synthesis.b{resolution}.torgb", True, kernel))
+        out[f"noises.noise_{2 * block_index + 1}"] = state[f"synthesis.b{resolution}.conv0.noise_const"][None, None]
+        out[f"noises.noise_{2 * block_index + 2}"] = state[f"synthesis.b{resolution}.conv1.noise_const"][None, None]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# NVIDIA network pickles, written with the record structure torch_utils.persistence produces:
+# each module is `torch_utils.persistence._reconstruct_persistent_obj(meta)` with
+# meta = {type: 'class', version: 6, module_src, class_name, state: module.__dict__}; tensors go
+# through torch's own pickling (_rebuild_parameter / _rebuild_tensor_v2 / storage _load_from_bytes).
+
+PERSISTENCE_VERSION = 6
+FAKE_MODULE_SRC = "# stands in for training/networks.py; a safe loader never runs this\n"
+
+
+class GlobalName:
+    """A reference to `module.name` that the pickler writes as a GLOBAL without importing it."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def __call__(self, *args: object) -> None:
+        # pickle insists a REDUCE function be callable; this one only ever gets written.
+        raise TypeError(f"{self.module}.{self.name} is a name to pickle, not a function")
+
+
+class GlobalCall:
+    """Pickles as `module.name(*args)`: a REDUCE of a GlobalName."""
+
+    def __init__(self, function: GlobalName, args: tuple) -> None:
+        self.function = function
+        self.args = args
+
+    def __reduce__(self) -> tuple:
+        return (self.function, self.args)
+
+
+class ForeignGlobalPickler(pickle._Pickler):
+    """Python's reference pickler, taught to write GlobalName references verbatim."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_global_name(self, obj: GlobalName) -> None:
+        if self.proto >= 4:
+            self.save(obj.module)
+            self.save(obj.name)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+        self.memoize(obj)
+
+    dispatch[GlobalName] = _save_global_name
+
+
+RECONSTRUCT_PERSISTENT_OBJ = GlobalName("torch_utils.persistence", "_reconstruct_persistent_obj")
+EASY_DICT = GlobalName("dnnlib.util", "EasyDict")
+
+
+class EasyDictRecord(dict):
+    """Pickles like dnnlib.EasyDict: NEWOBJ of dnnlib.util.EasyDict, then its items."""
+
+    def __reduce__(self) -> tuple:
+        return (EASY_DICT, (), None, None, iter(self.items()))
+
+
+def _picklable_attribute(value: object) -> bool:
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return True
+    if isinstance(value, (tuple, list, set)):
+        return all(_picklable_attribute(item) for item in value)
+    if isinstance(value, dict):
+        return all(_picklable_attribute(item) for item in value.values())
+    return False
+
+
+def _module_state(module: torch.nn.Module, init_kwargs: dict) -> dict:
+    """The module __dict__ as NVIDIA's pickles hold it: torch's bookkeeping dicts, the layer's plain
+    attributes (gains as numpy float64, as np.sqrt produces them), child records, init args/kwargs."""
+    state: dict = {}
+    for key, value in module.__dict__.items():
+        if key in ("_parameters", "_buffers", "_modules") or not _picklable_attribute(value):
+            continue
+        state[key] = np.float64(value) if key.endswith("gain") and isinstance(value, float) else value
+    state["_parameters"] = collections.OrderedDict(
+        (name, torch.nn.Parameter(tensor.detach().clone(), requires_grad=False))
+        for name, tensor in module._parameters.items()
+    )
+    state["_buffers"] = collections.OrderedDict((name, tensor.clone()) for name, tensor in module._buffers.items())
+    state["_modules"] = collections.OrderedDict(
+        (name, _persistent_record(child, {})) for name, child in module._modules.items()
+    )
+    state["_init_args"] = ()
+    state["_init_kwargs"] = EasyDictRecord(init_kwargs)
+    return state
+
+
+def _persistent_record(module: torch.nn.Module, init_kwargs: dict, module_src: str = FAKE_MODULE_SRC) -> GlobalCall:
+    meta = dict(
+        type="class",
+        version=PERSISTENCE_VERSION,
+        module_src=module_src,
+        class_name=type(module).__name__,
+        state=_module_state(module, init_kwargs),
+    )
+    return GlobalCall(RECONSTRUCT_PERSISTENT_OBJ, (meta,))
+
+
+def generator_init_kwargs(generator: Generator) -> dict:
+    """stylegan2-ada-pytorch's Generator(**G_kwargs) keywords for this architecture."""
+    architecture = generator.architecture
+    return dict(
+        z_dim=architecture.z_dim,
+        c_dim=0,
+        w_dim=architecture.w_dim,
+        img_resolution=architecture.img_resolution,
+        img_channels=architecture.img_channels,
+        mapping_kwargs=EasyDictRecord(
+            num_layers=architecture.mapping_layers, lr_multiplier=architecture.mapping_lr_multiplier
+        ),
+        synthesis_kwargs=EasyDictRecord(
+            channel_base=architecture.block_channels[-1] * architecture.img_resolution,
+            channel_max=max(architecture.block_channels),
+            num_fp16_res=0,
+            conv_clamp=architecture.conv_clamp,
+            architecture="skip",
+            resample_filter=[1, 3, 3, 1],
+        ),
+    )
+
+
+def nvidia_pickle_bytes(
+    generator: Generator, protocol: int = 4, module_src: str = FAKE_MODULE_SRC, extra: dict | None = None
+) -> bytes:
+    """{'G': ..., 'D': None, 'G_ema': ..., 'augment_pipe': None, 'training_set_kwargs': None, **extra}."""
+    record = _persistent_record(generator, generator_init_kwargs(generator), module_src)
+    top = dict(G=record, D=None, G_ema=record, augment_pipe=None, training_set_kwargs=None, **(extra or {}))
+    stream = io.BytesIO()
+    ForeignGlobalPickler(stream, protocol=protocol).dump(top)
+    return stream.getvalue()
+
+
+def write_nvidia_pickle(generator: Generator, path: str | Path, protocol: int = 4, module_src: str = FAKE_MODULE_SRC) -> Path:
+    path = Path(path)
+    path.write_bytes(nvidia_pickle_bytes(generator, protocol=protocol, module_src=module_src))
+    return path
