@@ -91,18 +91,10 @@ async def submit_edit(request: Request, response: Response) -> JobAccepted:
 def parse_options(fields: dict[str, object]) -> EditOptions:
     if not all(isinstance(value, str) for value in fields.values()):
         raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Only the field 'image' may be a file.")
-    values = {key: _form_value(key, value) for key, value in fields.items()}
     try:
-        return EditOptions.model_validate(values)
+        return EditOptions.model_validate(fields)
     except ValidationError as error:
         raise ApiError(422, ErrorCode.INVALID_OPTIONS, describe_validation_errors(error.errors())) from None
-
-
-def _form_value(key: str, value: str) -> object:
-    # A face index arrives as text; the model accepts 'largest' or an int, so hand it an int when it is one.
-    if key == "face" and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return value
 
 
 @jobs_router.get("/jobs/{job_id}", response_model=JobView, summary="State, stage, progress and outcome of a job")

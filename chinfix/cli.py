@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "chinfix.commands.serve",
     "chinfix.commands.worker",
     "chinfix.commands.up",
+    "chinfix.commands.models",
+    "chinfix.commands.invert", "chinfix.commands.edit_code",
 )
 
 

@@ -54,7 +54,11 @@ class Settings(BaseSettings):
     invert_preset: Literal["fast", "quality", "paper"] = Field("fast", description="inversion schedule")
     diffuse_steps: int = Field(100, ge=1, description="Adam steps of the diffuse refinement")
     diffuse_lr: float = Field(0.01, gt=0, description="learning rate of the diffuse refinement")
-    diffuse_perceptual_weight: float = Field(1e-4, ge=0, description="perceptual-loss weight of diffuse")
+    diffuse_perceptual_weight: float = Field(
+        1.0,
+        ge=0,
+        description="LPIPS weight of diffuse (the seed's 1e-4 weighted a raw VGG feature MSE, a far larger number)",
+    )
     edit_margin: float = Field(1.0, description="target mean chin score after a full-strength edit (negative side)")
     no_chin_threshold: float = Field(0.0, description="a face scoring below this is left unedited")
     fixed_alpha: float | None = Field(None, description="edit with this alpha (the seed used -5) instead of adaptively")

@@ -18,6 +18,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from worker.models.checkpoints import save_canonical
@@ -26,6 +27,16 @@ from worker.models.stylegan2 import Generator, GeneratorArchitecture, fir_filter
 TINY_CHANNEL_MAX = 32
 TINY_W_DIM = 32
 CHECKPOINT_FORMATS = ("canonical", "nvidia-state-dict", "nvidia-safetensors", "nvidia-pickle", "rosinality")
+
+
+@pytest.fixture(scope="module")
+def single_threaded_torch():
+    """Tiny models run fastest on one thread; with several threads on a shared, busy machine, OpenMP
+    spinning made a 32px synthesis ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_architecture(resolution: int = 32, **overrides: object) -> GeneratorArchitecture:
@@ -225,13 +236,15 @@ def _module_state(module: torch.nn.Module, init_kwargs: dict) -> dict:
     return state
 
 
-def _persistent_record(module: torch.nn.Module, init_kwargs: dict, module_src: str = FAKE_MODULE_SRC) -> GlobalCall:
+def _persistent_record(
+    module: torch.nn.Module, init_kwargs: dict, module_src: str = FAKE_MODULE_SRC, extra_state: dict | None = None
+) -> GlobalCall:
     meta = dict(
         type="class",
         version=PERSISTENCE_VERSION,
         module_src=module_src,
         class_name=type(module).__name__,
-        state=_module_state(module, init_kwargs),
+        state={**_module_state(module, init_kwargs), **(extra_state or {})},
     )
     return GlobalCall(RECONSTRUCT_PERSISTENT_OBJ, (meta,))
 
@@ -260,11 +273,12 @@ def generator_init_kwargs(generator: Generator) -> dict:
 
 
 def nvidia_pickle_bytes(
-    generator: Generator, protocol: int = 4, module_src: str = FAKE_MODULE_SRC, extra: dict | None = None
+    generator: Generator, protocol: int = 4, module_src: str = FAKE_MODULE_SRC, extra_state: dict | None = None
 ) -> bytes:
-    """{'G': ..., 'D': None, 'G_ema': ..., 'augment_pipe': None, 'training_set_kwargs': None, **extra}."""
-    record = _persistent_record(generator, generator_init_kwargs(generator), module_src)
-    top = dict(G=record, D=None, G_ema=record, augment_pipe=None, training_set_kwargs=None, **(extra or {}))
+    """{'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'} as a training snapshot holds them;
+    `extra_state` is added to the generator record's pickled __dict__."""
+    record = _persistent_record(generator, generator_init_kwargs(generator), module_src, extra_state)
+    top = dict(G=record, D=None, G_ema=record, augment_pipe=None, training_set_kwargs=None)
     stream = io.BytesIO()
     ForeignGlobalPickler(stream, protocol=protocol).dump(top)
     return stream.getvalue()

@@ -5,10 +5,11 @@ Randomly initialised networks of the published architecture; no weights are down
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 
+from tests.generator_fixtures import build_tiny_generator
 from worker.models.lpips import (
     LPIPS_SCALE,
     LPIPS_SHIFT,
@@ -148,3 +149,15 @@ def test_lin_weights_must_be_complete_non_negative_and_shaped():
     wrong = dict(lin_state, **{"lin0.model.1.weight": torch.rand(1, 32, 1, 1)})
     with pytest.raises(ValueError, match="shape"):
         published_channel_weights(wrong)
+
+
+def test_loss_is_differentiable_with_respect_to_the_code(metric):
+    G = build_tiny_generator(resolution=32, seed=0)
+    with torch.no_grad():
+        target = G.synthesis(G.mapping(torch.randn((1, G.z_dim), generator=torch.Generator().manual_seed(1))))
+    code = G.w_avg.expand(1, G.num_ws, G.w_dim).clone().requires_grad_(True)
+    distance = metric(G.synthesis(code, noise_mode="const"), target)
+    (gradient,) = torch.autograd.grad(distance.sum(), code)
+    assert float(distance.detach()) > 0
+    assert bool(torch.isfinite(gradient).all())
+    assert bool((gradient.abs().sum(dim=-1) > 0).all()), "every style layer should receive gradient"

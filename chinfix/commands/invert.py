@@ -45,16 +45,24 @@ def run(args: argparse.Namespace) -> int:
     config = INVERSION_PRESETS[args.preset or settings.invert_preset]
     if args.steps is not None:
         config = dataclasses.replace(config, steps=args.steps)
+    fp16_resolutions = 4 if settings.precision == "fp16" and device.type == "cuda" else 0
     try:
-        G = load_generator(args.generator or store.require("stylegan2_ffhq"), device)
+        G = load_generator(args.generator or store.require("stylegan2_ffhq"), device, fp16_resolutions=fp16_resolutions)
         perceptual_loss = load_lpips_vgg(
             args.vgg16 or store.require("vgg16_imagenet"), args.lpips_lin or store.require("lpips_vgg_lin"), device
         )
     except ChinfixError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"error: cannot load a model: {error}", file=sys.stderr)
+        return 2
 
-    crop = Image.open(args.crop).convert("RGB")
+    try:
+        crop = Image.open(args.crop).convert("RGB")
+    except OSError as error:
+        print(f"error: cannot read {args.crop}: {error}", file=sys.stderr)
+        return 2
     if crop.size != (G.img_resolution, G.img_resolution):
         print(f"resizing {crop.size[0]}x{crop.size[1]} crop to {G.img_resolution}px", file=sys.stderr)
         crop = crop.resize((G.img_resolution, G.img_resolution), Image.Resampling.LANCZOS)

@@ -24,6 +24,10 @@ LANDMARK_BACKENDS = ("dlib", "fan")
 FAN_LANDMARKS = "fan_landmarks"
 FAN_FACE_DETECTOR = "fan_face_detector"
 DLIB_PREDICTOR_FILENAME = "shape_predictor_68_face_landmarks.dat"
+DLIB_SUB_DETECTOR_ROLL = {3: -25.0, 4: 25.0}
+"""dlib's frontal detector is five HOG filters: front, left, right, and front rolled either way. The rolled
+ones fire on faces rolled about 15 to 35 degrees (measured on the seed portraits), where the 68-point
+predictor no longer follows the roll, so their midpoint is the better first guess."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class FaceBox:
     right: float
     bottom: float
     score: float
+    roll_degrees: float = 0.0
+    """The detector's coarse guess of the face's roll (eye-line angle, positive when the face's left eye,
+    on the right of the image, is lower); 0 when it makes none."""
 
     def rescaled(self, scale_x: float, scale_y: float) -> FaceBox:
         """The same rectangle in an image resized by (scale_x, scale_y), pixel centres kept aligned."""
@@ -44,6 +51,7 @@ class FaceBox:
             right=(self.right + 0.5) * scale_x - 0.5,
             bottom=(self.bottom + 0.5) * scale_y - 0.5,
             score=self.score,
+            roll_degrees=self.roll_degrees,
         )
 
     @property
@@ -73,10 +81,13 @@ class DlibLandmarker:
         self._upsample_times = upsample_times
 
     def detect(self, image_rgb: np.ndarray) -> list[FaceBox]:
-        rects, scores, _ = self._detector.run(np.ascontiguousarray(image_rgb), self._upsample_times, 0.0)
+        rects, scores, sub_detectors = self._detector.run(np.ascontiguousarray(image_rgb), self._upsample_times, 0.0)
         return [
-            FaceBox(float(r.left()), float(r.top()), float(r.right()), float(r.bottom()), float(score))
-            for r, score in zip(rects, scores, strict=True)
+            FaceBox(
+                float(r.left()), float(r.top()), float(r.right()), float(r.bottom()), float(score),
+                DLIB_SUB_DETECTOR_ROLL.get(int(sub_detector), 0.0),
+            )
+            for r, score, sub_detector in zip(rects, scores, sub_detectors, strict=True)
         ]
 
     def landmarks(self, image_rgb: np.ndarray, box: FaceBox) -> np.ndarray:

@@ -243,6 +243,9 @@ def modulated_conv2d(
     if not fused:
         x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
         x = _conv2d_resample(x, weight.to(x.dtype), resample_filter, up, padding, groups=1)
+        if demodulate and noise is not None:
+            # One fused multiply-add, as NVIDIA's fma op, so both paths round alike.
+            return torch.addcmul(noise.to(x.dtype), x, demod_coefficients.to(x.dtype).reshape(batch_size, -1, 1, 1))
         if demodulate:
             x = x * demod_coefficients.to(x.dtype).reshape(batch_size, -1, 1, 1)
         if noise is not None:
@@ -455,8 +458,8 @@ class SynthesisBlock(torch.nn.Module):
         fused = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
         block_ws = ws.unbind(dim=1)
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = x.to(dtype=dtype, memory_format=memory_format)
             x = self.conv1(x, block_ws[0], noise_mode, fused)
         else:
             x = x.to(dtype=dtype, memory_format=memory_format)

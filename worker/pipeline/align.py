@@ -42,10 +42,12 @@ class DetectionConfig:
     the later passes are paid only by photos where nothing was found."""
     max_upscale: float = 2.0
     """Small photos are enlarged for detection by at most this factor."""
-    upright_min_degrees: float = 2.0
+    upright_min_degrees: float = 0.0
     """Faces whose eye line is tilted more than this get the second, upright landmark pass."""
+    upright_passes: int = 2
+    """At most this many upright passes per face."""
     upright_frame_px: int = 1024
-    """Side of the upright frame the second pass landmarks in (the face's quad fills it; never enlarged)."""
+    """Side of the upright frame (two face boxes wide) the upright pass landmarks in; never enlarged."""
     upright_detect_px: int = 512
     """Longest side the detector sees the upright frame at."""
 
@@ -325,9 +327,15 @@ def _reflect_pad_blurred(
         np.arange(keep_left, keep_right, dtype=np.float32), np.arange(keep_top, keep_bottom, dtype=np.float32),
         width, height, pads,
     )[:, :, None]
-    kept += (blur - kept) * np.clip(edge * 3.0 + 1.0, 0.0, 1.0)
-    kept += (median - kept) * np.clip(edge, 0.0, 1.0)
-    return np.clip(np.rint(kept), 0, 255).astype(np.uint8)
+    # In place: these images reach hundreds of megabytes for large faces.
+    blur -= kept
+    blur *= np.clip(edge * 3.0 + 1.0, 0.0, 1.0)
+    kept += blur
+    towards_median = np.subtract(median, kept, out=blur)
+    towards_median *= np.clip(edge, 0.0, 1.0)
+    kept += towards_median
+    # Every step mixes values in 0..255 with weights in 0..1, so rounding needs no clipping.
+    return np.rint(kept, out=kept).astype(np.uint8)
 
 
 def _pad_edge(xs: np.ndarray, ys: np.ndarray, width: int, height: int, pads: np.ndarray) -> np.ndarray:
@@ -341,15 +349,14 @@ def _pad_edge(xs: np.ndarray, ys: np.ndarray, width: int, height: int, pads: np.
 
 def _reduce(image: np.ndarray, factor: int) -> np.ndarray:
     """HxWx3 uint8 → ceil(H/factor) x ceil(W/factor) x 3 float32 box averages (edges reflected to fill)."""
-    image = image.astype(np.float32)
-    if factor == 1:
-        return image
-    height, width = image.shape[:2]
-    extra_y, extra_x = -height % factor, -width % factor
-    image = cv2.copyMakeBorder(image, 0, extra_y, 0, extra_x, cv2.BORDER_REFLECT)
-    return cv2.resize(
-        image, ((width + extra_x) // factor, (height + extra_y) // factor), interpolation=cv2.INTER_AREA
-    )
+    if factor > 1:
+        height, width = image.shape[:2]
+        extra_y, extra_x = -height % factor, -width % factor
+        image = cv2.copyMakeBorder(image, 0, extra_y, 0, extra_x, cv2.BORDER_REFLECT)
+        image = cv2.resize(
+            image, ((width + extra_x) // factor, (height + extra_y) // factor), interpolation=cv2.INTER_AREA
+        )
+    return image.astype(np.float32)
 
 
 def _detect_and_landmark(
@@ -376,32 +383,54 @@ def _detect_and_landmark(
 def _landmark_upright(
     photo_rgb: np.ndarray, landmarker: Landmarker, face: FaceLandmarks, config: DetectionConfig
 ) -> FaceLandmarks:
-    """Landmark a tilted face again in a frame where its eye line is level, mapped back to the photo.
+    """Landmark a rolled face again in a frame turned so that its eye line is level, mapped back to the photo.
 
-    The detectors and predictors were trained on upright faces and drift on rolled ones.
+    The detectors and predictors were trained on upright faces and drift on rolled ones. The first roll
+    is the detector's guess when it makes one, else the first landmarks' eye line; a pass that finds
+    the face still rolled in its frame is followed by another with the corrected roll.
     """
-    eye_to_eye = face.landmarks[RIGHT_EYE].mean(axis=0) - face.landmarks[LEFT_EYE].mean(axis=0)
-    roll_degrees = math.degrees(math.atan2(eye_to_eye[1], eye_to_eye[0]))
-    if abs(roll_degrees) < config.upright_min_degrees:
-        return face
-    quad = ffhq_quad(face.landmarks)
-    quad_side = float(np.hypot(*(quad[3] - quad[0])))
-    frame_px = max(min(config.upright_frame_px, math.ceil(quad_side)), 1)
-    quad_centre = quad.mean(axis=0)
+    roll = face.box.roll_degrees or _roll_degrees(face.landmarks)
+    landmarks = face.landmarks
+    for _ in range(config.upright_passes):
+        if abs(roll) < config.upright_min_degrees:
+            break
+        upright = _landmarks_in_rolled_frame(photo_rgb, landmarker, face.box, roll, config)
+        if upright is None:
+            break
+        landmarks = upright
+        residual = _roll_degrees(landmarks) - roll
+        roll += residual
+        if abs(residual) < config.upright_min_degrees:
+            break
+    return FaceLandmarks(landmarks=landmarks, box=face.box)
+
+
+def _landmarks_in_rolled_frame(
+    photo_rgb: np.ndarray, landmarker: Landmarker, box: FaceBox, roll_degrees: float, config: DetectionConfig
+) -> np.ndarray | None:
+    """68x2 photo pixels found in a square frame around `box`, rotated by -roll; None if not found there."""
+    side = 2.0 * max(box.right - box.left, box.bottom - box.top)
+    frame_px = config.upright_frame_px
+    centre = box.centre
     photo_to_frame = np.vstack(
-        [cv2.getRotationMatrix2D((float(quad_centre[0]), float(quad_centre[1])), roll_degrees, frame_px / quad_side),
-         [0.0, 0.0, 1.0]]
+        [cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), roll_degrees, frame_px / side), [0.0, 0.0, 1.0]]
     )
-    photo_to_frame[:2, 2] += (frame_px - 1) / 2.0 - quad_centre
+    frame_centre = np.full(2, (frame_px - 1) / 2.0)
+    photo_to_frame[:2, 2] += frame_centre - centre
     frame = cv2.warpAffine(
         photo_rgb, photo_to_frame[:2], (frame_px, frame_px), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     candidates = _detect_and_landmark(frame, landmarker, config.upright_detect_px, config.max_upscale)
     if not candidates:
-        return face
-    frame_centre = np.full(2, (frame_px - 1) / 2.0)
-    nearest = min(candidates, key=lambda c: float(np.hypot(*(c.landmarks.mean(axis=0) - frame_centre))))
-    # A face detected far from the centre is a neighbour, not this one seen upright.
-    if np.hypot(*(nearest.landmarks.mean(axis=0) - frame_centre)) > frame_px * 0.25:
-        return face
-    return FaceLandmarks(landmarks=apply_matrix(np.linalg.inv(photo_to_frame), nearest.landmarks), box=face.box)
+        return None
+    nearest = min(candidates, key=lambda c: float(np.hypot(*(c.box.centre - frame_centre))))
+    # The frame is two face boxes wide: a face centred farther out than half a box is a neighbour.
+    if np.hypot(*(nearest.box.centre - frame_centre)) > frame_px / 4.0:
+        return None
+    return apply_matrix(np.linalg.inv(photo_to_frame), nearest.landmarks)
+
+
+def _roll_degrees(landmarks68: np.ndarray) -> float:
+    """Eye-line angle in degrees, positive when the eye on the image's right is lower."""
+    eye_to_eye = landmarks68[RIGHT_EYE].mean(axis=0) - landmarks68[LEFT_EYE].mean(axis=0)
+    return math.degrees(math.atan2(eye_to_eye[1], eye_to_eye[0]))

@@ -187,8 +187,7 @@ def neck_mask_from_landmarks(
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """HxW bool → the same with every region not reachable from the border set."""
-    padded = np.pad(mask, 1).astype(np.uint8)
-    flood = padded.copy()
+    flood = np.pad(mask, 1).astype(np.uint8)  # the frame connects every outside region to (0, 0)
     cv2.floodFill(flood, None, (0, 0), 1)
     holes = flood[1:-1, 1:-1] == 0
     return mask | holes

@@ -1,14 +1,45 @@
-"""The whole edit of one photo: align → invert → edit → refine → paste back.
+"""The whole edit of one photo: align → invert → edit → neck mask → refine → paste back.
 
-`edit_portrait` is what the worker, `chinfix edit` and `chinfix bench pipeline` all call.
+`edit_portrait` is what the worker, `chinfix edit` and `chinfix bench pipeline` all call. Each stage is a
+function of its own module; this one only threads arrays through them, times them and reports.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+
+from chinfix.contract import EditOptions, RefineMethod, ReturnKind, Stage
+from worker.models.landmarks import FaceBox
+from worker.pipeline.align import find_and_align
+from worker.pipeline.compose import paste_back
+from worker.pipeline.edit import KEPT_FINE_LAYERS, EditConfig, remove_double_chin
+from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, invert_wplus, targets_from_rgb
+from worker.pipeline.masks import NeckMasks, SoftMaskConfig, neck_masks, soft_neck_mask
+from worker.pipeline.refine import (
+    DiffuseConfig,
+    RefineResult,
+    WarpConfig,
+    refine_diffuse,
+    refine_none,
+    refine_warp,
+    rgb_from_images,
+)
+
+if TYPE_CHECKING:
+    from chinfix.settings import Settings
+    from worker.registry import ModelRegistry
+
+StageProgress = Callable[[Stage, float], None]
+
+WARP_KEPT_LAYERS: tuple[int, ...] = tuple(range(6, 18))
+"""The seed keeps style layers 6..17 for the warp path (7..17 for diffuse): the warp repairs less."""
 
 
 @dataclass
@@ -19,3 +50,199 @@ class EditResult:
     """JSON-ready facts for the job record: faces, scores, alpha, mask source, per-stage milliseconds."""
     debug_images: dict[str, np.ndarray] = field(default_factory=dict)
     """Intermediate images by name (HxWx3 or HxW uint8), kept when the options ask for debug output."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The tunable parts of every stage, built from the settings once per job."""
+
+    inversion: InversionConfig = INVERSION_PRESETS["fast"]
+    edit_margin: float = 1.0
+    no_chin_threshold: float = 0.0
+    fixed_alpha: float | None = None
+    diffuse: DiffuseConfig = DiffuseConfig()
+    warp: WarpConfig = WarpConfig()
+    soft_mask: SoftMaskConfig = SoftMaskConfig()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PipelineConfig:
+        return cls(
+            inversion=INVERSION_PRESETS[settings.invert_preset],
+            edit_margin=settings.edit_margin,
+            no_chin_threshold=settings.no_chin_threshold,
+            fixed_alpha=settings.fixed_alpha,
+            diffuse=DiffuseConfig(
+                steps=settings.diffuse_steps,
+                learning_rate=settings.diffuse_lr,
+                perceptual_weight=settings.diffuse_perceptual_weight,
+            ),
+        )
+
+    def edit_config(self, options: EditOptions) -> EditConfig:
+        keep = WARP_KEPT_LAYERS if options.refine is RefineMethod.WARP else KEPT_FINE_LAYERS
+        return EditConfig(
+            strength=options.strength,
+            margin=self.edit_margin,
+            no_chin_threshold=self.no_chin_threshold,
+            fixed_alpha=self.fixed_alpha,
+            keep_layers=keep,
+        )
+
+
+class StageClock:
+    """Milliseconds per stage, for the job report."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.milliseconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, stage: Stage) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.milliseconds[stage.value] = round((time.perf_counter() - start) * 1000.0, 1)
+
+
+def edit_portrait(
+    photo_rgb: np.ndarray, options: EditOptions, registry: ModelRegistry, progress: StageProgress
+) -> EditResult:
+    """Remove the double chin of one face in an HxWx3 uint8 RGB photo, using the registry's models."""
+    registry.require_complete()
+    config = PipelineConfig.from_settings(registry.settings)
+    return run_pipeline(photo_rgb, options, registry, config, progress)
+
+
+def run_pipeline(
+    photo_rgb: np.ndarray,
+    options: EditOptions,
+    registry: ModelRegistry,
+    config: PipelineConfig,
+    progress: StageProgress,
+) -> EditResult:
+    G = registry.generator
+    clock = StageClock(registry.device)
+    report: dict[str, Any] = {"refine": options.refine.value, "device": str(registry.device)}
+    debug: dict[str, np.ndarray] = {}
+
+    with clock.stage(Stage.ALIGN):
+        progress(Stage.ALIGN, 0.0)
+        found = find_and_align(photo_rgb, registry.landmarker, options.face, output_size=G.img_resolution)
+        original_crop = found.aligned.image
+        report.update(
+            faces_found=found.faces_found,
+            chosen_face=found.chosen_index,
+            quad=np.round(found.aligned.transform.quad, 2).tolist(),
+        )
+        debug["aligned"] = original_crop
+
+    with clock.stage(Stage.INVERT):
+        progress(Stage.INVERT, 0.0)
+        inversion = invert_wplus(
+            G,
+            targets_from_rgb([original_crop], registry.device),
+            registry.perceptual,
+            config.inversion,
+            progress=lambda step, total, _losses: progress(Stage.INVERT, step / total),
+        )
+        original_wp = inversion.wp
+        reconstruction = synthesise(G, original_wp, registry.device)
+        report["inversion"] = {
+            "steps": int(inversion.steps_run[0]),
+            "stopped_early": bool(inversion.stopped_early[0]),
+            "final_loss": round(float(inversion.losses[0, inversion.steps_run[0] - 1]), 5),
+        }
+        debug["reconstruction"] = reconstruction
+
+    with clock.stage(Stage.EDIT):
+        progress(Stage.EDIT, 0.0)
+        edit = remove_double_chin(
+            original_wp, registry.fine_boundary, config.edit_config(options), registry.pose_normal
+        )
+        report.update(
+            score_before=round(edit.score_before, 4),
+            score_after=round(edit.score_after, 4),
+            alpha=round(edit.alpha, 4),
+            no_double_chin_detected=edit.skipped,
+        )
+    if edit.skipped or edit.alpha == 0.0:
+        # Nothing to remove (or strength 0): the photo goes back as it came, not re-synthesised.
+        report["timings_ms"] = clock.milliseconds
+        image = original_crop if options.return_kind is ReturnKind.ALIGNED else photo_rgb
+        return EditResult(image=image, report=report, debug_images=debug)
+
+    with clock.stage(Stage.REFINE):
+        progress(Stage.REFINE, 0.0)
+        edited_crop = synthesise(G, edit.wp, registry.device)
+        debug["edited"] = edited_crop
+        original_masks = neck_masks(original_crop, found.landmarks_aligned, registry.face_parser, config.soft_mask)
+        edited_masks = neck_masks(
+            edited_crop,
+            landmarks_of_generation(registry.landmarker, edited_crop, found.landmarks_aligned),
+            registry.face_parser,
+            config.soft_mask,
+        )
+        # The chin moves up: blend over where the neck is in either image, or the old fold would show.
+        neck_mask = original_masks.neck_mask | edited_masks.neck_mask
+        soft_mask = soft_neck_mask(neck_mask, config.soft_mask)
+        report["mask_source"] = original_masks.source.value
+        debug["soft_mask"] = np.round(soft_mask * 255).astype(np.uint8)
+        refined = refine(
+            options.refine, registry, config, original_wp, original_crop, edited_crop,
+            original_masks, edited_masks, neck_mask, soft_mask,
+            lambda step, total, _losses: progress(Stage.REFINE, step / total),
+        )  # fmt: skip
+
+    with clock.stage(Stage.COMPOSE):
+        progress(Stage.COMPOSE, 0.0)
+        if options.return_kind is ReturnKind.ALIGNED:
+            image = refined.image
+        else:
+            image = paste_back(photo_rgb, found.aligned.transform, refined.image, soft_mask)
+        progress(Stage.COMPOSE, 1.0)
+    report["timings_ms"] = clock.milliseconds
+    return EditResult(image=image, report=report, debug_images=debug)
+
+
+def refine(
+    method: RefineMethod,
+    registry: ModelRegistry,
+    config: PipelineConfig,
+    original_wp: np.ndarray,
+    original_crop: np.ndarray,
+    edited_crop: np.ndarray,
+    original_masks: NeckMasks,
+    edited_masks: NeckMasks,
+    neck_mask: np.ndarray,
+    soft_mask: np.ndarray,
+    step_progress: Callable[[int, int, np.ndarray], None],
+) -> RefineResult:
+    if method is RefineMethod.DIFFUSE:
+        return refine_diffuse(
+            registry.generator, original_wp, edited_crop, original_crop, neck_mask, soft_mask,
+            registry.perceptual, config.diffuse, step_progress,
+        )  # fmt: skip
+    if method is RefineMethod.WARP:
+        return refine_warp(
+            edited_crop, original_crop, original_masks.face_region, edited_masks.face_region, soft_mask, config.warp
+        )
+    return refine_none(edited_crop, original_crop, soft_mask)
+
+
+@torch.no_grad()
+def synthesise(G: torch.nn.Module, wp: np.ndarray, device: torch.device) -> np.ndarray:
+    """1 x num_ws x w_dim float32 code → SxSx3 uint8 RGB."""
+    images = G.synthesis(torch.as_tensor(wp, dtype=torch.float32, device=device), noise_mode="const")
+    return rgb_from_images(images)[0]
+
+
+def landmarks_of_generation(landmarker: Any, generated_rgb: np.ndarray, reference_landmarks: np.ndarray) -> np.ndarray:
+    """68x2 landmarks of a generated crop, searched in the box of the original's (the face barely moves).
+
+    Running the detector again would cost time and can miss a re-synthesised face; the aligned crop puts the
+    face in the same place, so the original's landmark box is a reliable prior.
+    """
+    left, top = reference_landmarks.min(axis=0)
+    right, bottom = reference_landmarks.max(axis=0)
+    return landmarker.landmarks(generated_rgb, FaceBox(left, top, right, bottom, score=1.0))

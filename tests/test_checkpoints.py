@@ -1,0 +1,250 @@
+"""Checkpoint loading: every format gives the same generator; unsafe pickles are refused unexecuted."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from chinfix.cli import main as chinfix_main
+from tests.generator_fixtures import (
+    CHECKPOINT_FORMATS,
+    GlobalCall,
+    GlobalName,
+    build_tiny_generator,
+    nvidia_pickle_bytes,
+    rosinality_state_dict,
+    save_generator_as,
+    single_threaded_torch,  # noqa: F401 (fixture)
+)
+from worker.models.checkpoints import (
+    CheckpointError,
+    CheckpointFormat,
+    convert_generator_checkpoint,
+    load_generator,
+    read_generator_checkpoint,
+)
+from worker.models.stylegan2 import Generator, GeneratorArchitecture
+
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
+
+SUFFIXES = {
+    "canonical": ".safetensors",
+    "nvidia-state-dict": ".pt",
+    "nvidia-safetensors": ".safetensors",
+    "nvidia-pickle": ".pkl",
+    "rosinality": ".pt",
+}
+DETECTED = {
+    "canonical": CheckpointFormat.CANONICAL,
+    "nvidia-state-dict": CheckpointFormat.NVIDIA_STATE_DICT,
+    "nvidia-safetensors": CheckpointFormat.NVIDIA_STATE_DICT,
+    "nvidia-pickle": CheckpointFormat.NVIDIA_PICKLE,
+    "rosinality": CheckpointFormat.ROSINALITY,
+}
+
+
+def reference_images(generator: Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    z = torch.randn([2, generator.z_dim], generator=torch.Generator().manual_seed(11))
+    ws = generator.mapping(z, truncation_psi=0.7)
+    return ws, generator.synthesis(ws)
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+@pytest.mark.parametrize("checkpoint_format", CHECKPOINT_FORMATS)
+def test_every_format_loads_into_the_same_generator(tmp_path: Path, checkpoint_format: str, resolution: int) -> None:
+    original = build_tiny_generator(resolution=resolution, seed=resolution)
+    path = save_generator_as(original, tmp_path / f"g{SUFFIXES[checkpoint_format]}", checkpoint_format)
+    assert read_generator_checkpoint(path).format == DETECTED[checkpoint_format]
+
+    loaded = load_generator(path)
+    ws, expected = reference_images(original)
+    assert loaded.num_ws == original.num_ws and loaded.img_resolution == resolution
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    assert torch.equal(loaded.w_avg, original.w_avg)
+    assert (loaded.synthesis(ws) - expected).abs().max() <= 1e-6
+    assert (loaded.mapping(torch.ones(1, loaded.z_dim)) - original.mapping(torch.ones(1, loaded.z_dim))).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])  # Python 3 pickles: 3 before 3.8, then 4
+def test_nvidia_pickle_protocols(tmp_path: Path, protocol: int) -> None:
+    original = build_tiny_generator(resolution=32, seed=1)
+    path = tmp_path / "network-snapshot.pkl"
+    path.write_bytes(nvidia_pickle_bytes(original, protocol=protocol))
+    ws, expected = reference_images(original)
+    assert (load_generator(path).synthesis(ws) - expected).abs().max() <= 1e-6
+
+
+def test_nvidia_pickle_hyperparameters_come_from_init_kwargs(tmp_path: Path) -> None:
+    original = build_tiny_generator(resolution=32, seed=2, conv_clamp=256.0, mapping_lr_multiplier=0.05)
+    path = save_generator_as(original, tmp_path / "g.pkl", "nvidia-pickle")
+    architecture = read_generator_checkpoint(path).architecture
+    assert architecture.conv_clamp == 256.0 and architecture.mapping_lr_multiplier == 0.05
+    ws, expected = reference_images(original)
+    assert (load_generator(path).synthesis(ws) - expected).abs().max() <= 1e-6
+
+
+def test_architecture_is_inferred_from_shapes(tmp_path: Path) -> None:
+    original = build_tiny_generator(
+        resolution=64, seed=5, channel_base=512, channel_max=24, z_dim=20, w_dim=24, mapping_layers=3
+    )
+    path = save_generator_as(original, tmp_path / "other.pt", "nvidia-state-dict")
+    architecture = read_generator_checkpoint(path).architecture
+    assert architecture.block_channels == original.architecture.block_channels == (24, 24, 24, 16, 8)
+    assert (architecture.z_dim, architecture.w_dim, architecture.mapping_layers) == (20, 24, 3)
+    ws, expected = reference_images(original)
+    assert (load_generator(path).synthesis(ws) - expected).abs().max() <= 1e-6
+
+
+def test_config_f_1024_state_dict_loads_and_synthesises(tmp_path: Path) -> None:
+    """The issue's acceptance check: a random config-f generator in NVIDIA's state-dict layout."""
+    torch.manual_seed(0)
+    original = Generator(GeneratorArchitecture.from_channel_rule(1024))
+    path = tmp_path / "stylegan2-config-f-random.pt"
+    torch.save(original.state_dict(), path)
+    generator = load_generator(path)
+    assert generator.architecture == GeneratorArchitecture.from_channel_rule(
+        1024, mapping_layer_features=512, resample_filter=(0.125, 0.375, 0.375, 0.125)
+    )
+    with torch.inference_mode():
+        image = generator.synthesis(generator.mapping(torch.randn(1, 512)))
+    assert image.shape == (1, 3, 1024, 1024) and torch.isfinite(image).all()
+
+
+def test_rosinality_key_layout_matches_its_generator() -> None:
+    """Names and shapes of rosinality's Generator(size=16, style_dim=32, n_mlp=8).state_dict()."""
+    state = rosinality_state_dict(build_tiny_generator(resolution=16, seed=0))
+    expected = {f"style.{i}.{kind}" for i in range(1, 9) for kind in ("weight", "bias")}
+    expected |= {"input.input", "to_rgb1.bias", *(f"noises.noise_{i}" for i in range(5))}
+    for prefix in ("conv1", "convs.0", "convs.1", "convs.2", "convs.3"):
+        expected |= {f"{prefix}.{name}" for name in ("conv.weight", "conv.modulation.weight", "conv.modulation.bias", "noise.weight", "activate.bias")}
+    expected |= {"convs.0.conv.blur.kernel", "convs.2.conv.blur.kernel"}
+    for prefix in ("to_rgb1", "to_rgbs.0", "to_rgbs.1"):
+        expected |= {f"{prefix}.{name}" for name in ("conv.weight", "conv.modulation.weight", "conv.modulation.bias", "bias")}
+    expected |= {"to_rgbs.0.upsample.kernel", "to_rgbs.1.upsample.kernel"}
+    assert set(state) == expected
+    assert state["input.input"].shape == (1, 32, 4, 4)
+    assert state["convs.0.conv.weight"].shape == (1, 32, 32, 3, 3)
+    assert state["noises.noise_1"].shape == state["noises.noise_2"].shape == (1, 1, 8, 8)
+    assert state["to_rgbs.1.bias"].shape == (1, 3, 1, 1)
+    assert state["conv1.noise.weight"].shape == (1,)
+
+
+def test_rosinality_without_latent_avg_estimates_it(tmp_path: Path) -> None:
+    original = build_tiny_generator(resolution=32, seed=6)
+    torch.save({"g_ema": rosinality_state_dict(original)}, tmp_path / "550000.pt")
+    loaded = load_generator(tmp_path / "550000.pt")
+    assert (loaded.w_avg - original.w_avg).norm() < 0.05 * original.w_avg.norm()
+    ws, expected = reference_images(original)
+    assert (loaded.synthesis(ws) - expected).abs().max() <= 1e-6
+
+
+def test_e4e_style_checkpoint_uses_the_decoder(tmp_path: Path) -> None:
+    original = build_tiny_generator(resolution=32, seed=7)
+    state = {f"decoder.{key}": value for key, value in rosinality_state_dict(original).items()}
+    state["encoder.conv.weight"] = torch.zeros(3)
+    torch.save({"state_dict": state, "latent_avg": original.w_avg.expand(8, -1).clone(), "opts": {"x": 1}}, tmp_path / "e4e.pt")
+    loaded = load_generator(tmp_path / "e4e.pt")
+    assert torch.equal(loaded.w_avg, original.w_avg)
+
+
+def test_convert_command_writes_the_canonical_form(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    original = build_tiny_generator(resolution=32, seed=8)
+    source = save_generator_as(original, tmp_path / "g.pkl", "nvidia-pickle")
+    destination = tmp_path / "g.safetensors"
+    assert chinfix_main(["models", "convert", str(source), str(destination)]) == 0
+    assert "nvidia-pickle" in capsys.readouterr().out
+    assert read_generator_checkpoint(destination).format == CheckpointFormat.CANONICAL
+    ws, expected = reference_images(original)
+    assert (load_generator(destination).synthesis(ws) - expected).abs().max() <= 1e-6
+    assert chinfix_main(["models", "convert", str(tmp_path / "absent.pkl"), str(destination)]) == 1
+
+
+def test_canonical_output_must_be_safetensors(tmp_path: Path) -> None:
+    source = save_generator_as(build_tiny_generator(resolution=32), tmp_path / "g.pt", "nvidia-state-dict")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        convert_generator_checkpoint(source, tmp_path / "g.bin")
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals
+
+
+class ShellPayload:
+    """A classic malicious pickle: unpickling runs a shell command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (self.command,))
+
+
+def test_malicious_pickle_is_refused_and_does_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"G_ema": ShellPayload(f"touch {marker}")})
+    pickle.loads(payload)  # the payload is real: a plain unpickler runs it
+    assert marker.exists()
+    marker.unlink()
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(CheckpointError, match="refusing to load (posix|os|nt).system"):
+        load_generator(path)
+    assert not marker.exists()
+
+
+def test_payload_inside_a_network_record_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    generator = build_tiny_generator(resolution=32)
+    payload = GlobalCall(GlobalName("builtins", "exec"), (f"open({str(marker)!r}, 'w').write('x')",))
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(nvidia_pickle_bytes(generator, extra_state={"_init_args": (payload,)}))
+    with pytest.raises(CheckpointError, match="refusing to load builtins.exec"):
+        load_generator(path)
+    assert not marker.exists()
+
+
+def test_embedded_module_source_is_never_executed(tmp_path: Path) -> None:
+    """NVIDIA's own loader exec()s each record's module_src; ours must only keep it as text."""
+    marker = tmp_path / "pwned"
+    original = build_tiny_generator(resolution=32, seed=9)
+    path = tmp_path / "g.pkl"
+    path.write_bytes(nvidia_pickle_bytes(original, module_src=f"open({str(marker)!r}, 'w').write('x')\n"))
+    ws, expected = reference_images(original)
+    assert (load_generator(path).synthesis(ws) - expected).abs().max() <= 1e-6
+    assert not marker.exists()
+
+
+def test_torch_module_classes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "plain-torch.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": torch.nn.Linear(2, 2)}))
+    with pytest.raises(CheckpointError, match="refusing to load torch.nn"):
+        load_generator(path)
+
+
+def test_unsupported_generators_are_refused(tmp_path: Path) -> None:
+    state = build_tiny_generator(resolution=32).state_dict()
+    torch.save({**state, "mapping.embed.weight": torch.zeros(32, 10)}, tmp_path / "conditional.pt")
+    with pytest.raises(CheckpointError, match="conditional"):
+        load_generator(tmp_path / "conditional.pt")
+    torch.save({**state, "synthesis.b8.skip.weight": torch.zeros(32, 32, 1, 1)}, tmp_path / "resnet.pt")
+    with pytest.raises(CheckpointError, match="resnet"):
+        load_generator(tmp_path / "resnet.pt")
+    torch.save({key: value for key, value in state.items() if key != "synthesis.b16.conv1.bias"}, tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="missing"):
+        load_generator(tmp_path / "cut.pt")
+
+
+def test_files_that_are_not_checkpoints(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a network")
+    with pytest.raises(CheckpointError, match="not a pickle"):
+        load_generator(tmp_path / "notes.txt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no StyleGAN2 generator"):
+        load_generator(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        load_generator(tmp_path / "absent.pkl")
