@@ -3,6 +3,8 @@
 For other engineers' tests:
     G = build_tiny_generator(resolution=32, seed=0)       # eval mode, requires_grad off, CPU
     path = save_tiny_generator(tmp_path / "g.safetensors", resolution=32)   # then load_generator(path)
+    pytestmark = pytest.mark.usefixtures("single_threaded_torch")   # after importing that fixture:
+                                                          # tiny models run ~50x faster on a busy machine
 
 Tiny generators have random weights but non-zero noise strengths and biases and a real `w_avg`
 (the mean of the mapping output), so noise, truncation and bias paths all matter in tests.
@@ -13,6 +15,7 @@ loader (see the docstrings), so loading what they write tests the loader's readi
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import pickle
 from pathlib import Path
@@ -44,8 +47,7 @@ def tiny_architecture(resolution: int = 32, **overrides: object) -> GeneratorArc
     options = dict(channel_base=8 * TINY_CHANNEL_MAX, channel_max=TINY_CHANNEL_MAX, z_dim=TINY_W_DIM, w_dim=TINY_W_DIM)
     options.update(overrides)
     architecture = GeneratorArchitecture.from_channel_rule(resolution, **options)
-    channels = tuple(max(c, 4) for c in architecture.block_channels)
-    return GeneratorArchitecture.from_json_dict({**architecture.to_json_dict(), "block_channels": channels})
+    return dataclasses.replace(architecture, block_channels=tuple(max(c, 4) for c in architecture.block_channels))
 
 
 def build_tiny_generator(resolution: int = 32, seed: int = 0, **architecture_overrides: object) -> Generator:
@@ -94,28 +96,21 @@ def save_generator_as(generator: Generator, path: str | Path, format: str) -> Pa
 # to_rgbs.{k}, noises.noise_{i}; conv weights 1xOxIxKxK, noise strength [1], toRGB bias 1x3x1x1).
 
 
-def _rosinality_styled_conv(state: dict, nvidia_prefix: str, upsample: bool, kernel: torch.Tensor) -> dict:
+def _rosinality_layer(state: dict, nvidia_prefix: str, kernel: torch.Tensor, upsample: bool, to_rgb: bool) -> dict:
+    """One StyledConv (or ToRGB) of rosinality's model from an NVIDIA SynthesisLayer (or ToRGBLayer)."""
     tensors = {
         "conv.weight": state[f"{nvidia_prefix}.weight"][None],
         "conv.modulation.weight": state[f"{nvidia_prefix}.affine.weight"],
         "conv.modulation.bias": state[f"{nvidia_prefix}.affine.bias"],
-        "noise.weight": state[f"{nvidia_prefix}.noise_strength"].reshape(1),
-        "activate.bias": state[f"{nvidia_prefix}.bias"],
     }
+    if to_rgb:
+        tensors["bias"] = state[f"{nvidia_prefix}.bias"].reshape(1, -1, 1, 1)
+    else:
+        tensors["noise.weight"] = state[f"{nvidia_prefix}.noise_strength"].reshape(1)
+        tensors["activate.bias"] = state[f"{nvidia_prefix}.bias"]
     if upsample:
-        tensors["conv.blur.kernel"] = kernel * 4
-    return tensors
-
-
-def _rosinality_to_rgb(state: dict, nvidia_prefix: str, upsample: bool, kernel: torch.Tensor) -> dict:
-    tensors = {
-        "conv.weight": state[f"{nvidia_prefix}.weight"][None],
-        "conv.modulation.weight": state[f"{nvidia_prefix}.affine.weight"],
-        "conv.modulation.bias": state[f"{nvidia_prefix}.affine.bias"],
-        "bias": state[f"{nvidia_prefix}.bias"].reshape(1, -1, 1, 1),
-    }
-    if upsample:
-        tensors["upsample.kernel"] = kernel * 4
+        # rosinality keeps the x2 FIR kernel (gain 4) as a buffer: ToRGB's Upsample, the conv's Blur.
+        tensors["upsample.kernel" if to_rgb else "conv.blur.kernel"] = kernel * 4
     return tensors
 
 
@@ -132,15 +127,16 @@ def rosinality_state_dict(generator: Generator) -> dict[str, torch.Tensor]:
         out[f"style.{index + 1}.weight"] = state[f"mapping.fc{index}.weight"]
         out[f"style.{index + 1}.bias"] = state[f"mapping.fc{index}.bias"]
     out["input.input"] = state["synthesis.b4.const"][None]
-    put("conv1", _rosinality_styled_conv(state, "synthesis.b4.conv1", False, kernel))
-    put("to_rgb1", _rosinality_to_rgb(state, "synthesis.b4.torgb", False, kernel))
+    put("conv1", _rosinality_layer(state, "synthesis.b4.conv1", kernel, upsample=False, to_rgb=False))
+    put("to_rgb1", _rosinality_layer(state, "synthesis.b4.torgb", kernel, upsample=False, to_rgb=True))
     out["noises.noise_0"] = state["synthesis.b4.conv1.noise_const"][None, None]
     for block_index, resolution in enumerate(generator.synthesis.block_resolutions[1:]):
-        put(f"convs.{2 * block_index}", _rosinality_styled_conv(state, f"synthesis.b{resolution}.conv0", True, kernel))
-        put(f"convs.{2 * block_index + 1}", _rosinality_styled_conv(state, f"synthesis.b{resolution}.conv1", False, kernel))
-        put(f"to_rgbs.{block_index}", _rosinality_to_rgb(state, f"synthesis.b{resolution}.torgb", True, kernel))
-        out[f"noises.noise_{2 * block_index + 1}"] = state[f"synthesis.b{resolution}.conv0.noise_const"][None, None]
-        out[f"noises.noise_{2 * block_index + 2}"] = state[f"synthesis.b{resolution}.conv1.noise_const"][None, None]
+        block = f"synthesis.b{resolution}"
+        put(f"convs.{2 * block_index}", _rosinality_layer(state, f"{block}.conv0", kernel, upsample=True, to_rgb=False))
+        put(f"convs.{2 * block_index + 1}", _rosinality_layer(state, f"{block}.conv1", kernel, upsample=False, to_rgb=False))
+        put(f"to_rgbs.{block_index}", _rosinality_layer(state, f"{block}.torgb", kernel, upsample=True, to_rgb=True))
+        out[f"noises.noise_{2 * block_index + 1}"] = state[f"{block}.conv0.noise_const"][None, None]
+        out[f"noises.noise_{2 * block_index + 2}"] = state[f"{block}.conv1.noise_const"][None, None]
     return out
 
 

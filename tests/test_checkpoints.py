@@ -69,6 +69,13 @@ def test_every_format_loads_into_the_same_generator(tmp_path: Path, checkpoint_f
     assert (loaded.mapping(torch.ones(1, loaded.z_dim)) - original.mapping(torch.ones(1, loaded.z_dim))).abs().max() <= 1e-6
 
 
+def test_legacy_torch_save_format(tmp_path: Path) -> None:
+    original = build_tiny_generator(resolution=32, seed=3)
+    torch.save(original.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    ws, expected = reference_images(original)
+    assert (load_generator(tmp_path / "legacy.pt").synthesis(ws) - expected).abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize("protocol", [3, 4, 5])  # Python 3 pickles: 3 before 3.8, then 4
 def test_nvidia_pickle_protocols(tmp_path: Path, protocol: int) -> None:
     original = build_tiny_generator(resolution=32, seed=1)
@@ -193,6 +200,15 @@ def test_malicious_pickle_is_refused_and_does_not_run(tmp_path: Path) -> None:
     path = tmp_path / "evil.pkl"
     path.write_bytes(payload)
     with pytest.raises(CheckpointError, match="refusing to load (posix|os|nt).system"):
+        load_generator(path)
+    assert not marker.exists()
+
+
+def test_malicious_torch_file_is_refused_and_does_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"g_ema": ShellPayload(f"touch {marker}")}, path)
+    with pytest.raises(CheckpointError, match="system"):
         load_generator(path)
     assert not marker.exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 import socket
 import threading
@@ -255,8 +256,8 @@ def test_presence_and_require(tmp_path: Path) -> None:
         store.entry("stylegan3")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None, reason="package not installed")
 def test_dlib_landmarks_come_from_the_pip_package(tmp_path: Path) -> None:
-    pytest.importorskip("dlib")
     store = ModelStore(tmp_path)
     path = store.path("dlib_landmarks")
     assert path.name == "shape_predictor_68_face_landmarks.dat" and "face_recognition_models" in str(path)

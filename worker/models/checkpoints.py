@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -24,9 +25,15 @@ from pathlib import Path
 
 import torch
 
-from worker.models.nvidia_pickle import PersistentRecord, UnsafePickleError, nvidia_pickle_generator
+from worker.models.nvidia_pickle import PersistentRecord, nvidia_pickle_generator
 from worker.models.rosinality import is_rosinality_state_dict, rosinality_to_nvidia
-from worker.models.stylegan2 import Generator, GeneratorArchitecture, MappingNetwork, fir_filter_2d
+from worker.models.stylegan2 import (
+    DEFAULT_RESAMPLE_FILTER,
+    Generator,
+    GeneratorArchitecture,
+    MappingNetwork,
+    fir_filter_2d,
+)
 
 CANONICAL_FORMAT_NAME = "chinfix-stylegan2"
 W_AVG_SAMPLES = 10_000
@@ -82,7 +89,7 @@ def read_generator_checkpoint(path: str | Path) -> GeneratorCheckpoint:
             return _read_nvidia_pickle(path)
         if len(head) > 8 and head[8:9] == b"{":
             return _read_safetensors(path)
-    except (UnsafePickleError, ValueError, KeyError, RuntimeError) as error:
+    except (pickle.UnpicklingError, ValueError, KeyError, RuntimeError) as error:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"{path}: {error}") from error
@@ -164,11 +171,7 @@ def infer_architecture(
         mapping_lr_multiplier=float(mapping_lr_multiplier),
         conv_clamp=None if conv_clamp is None else float(conv_clamp),
         use_noise="synthesis.b4.conv1.noise_strength" in state_dict,
-        resample_filter=(
-            GeneratorArchitecture.__dataclass_fields__["resample_filter"].default
-            if resample_filter is None
-            else _taps_of_filter(resample_filter)
-        ),
+        resample_filter=DEFAULT_RESAMPLE_FILTER if resample_filter is None else _taps_of_filter(resample_filter),
         kernel_size=int(state_dict["synthesis.b4.conv1.weight"].shape[-1]),
     )
 
@@ -288,14 +291,7 @@ def _rosinality_checkpoint(contents: dict, latent_avg: torch.Tensor | None) -> G
 
 
 def _mapping_network(architecture: GeneratorArchitecture, state_dict: dict[str, torch.Tensor]) -> MappingNetwork:
-    mapping = MappingNetwork(
-        z_dim=architecture.z_dim,
-        w_dim=architecture.w_dim,
-        num_ws=architecture.num_ws,
-        num_layers=architecture.mapping_layers,
-        layer_features=architecture.mapping_layer_features,
-        lr_multiplier=architecture.mapping_lr_multiplier,
-    )
+    mapping = MappingNetwork(architecture)
     weights = {key.removeprefix("mapping."): value for key, value in state_dict.items() if key.startswith("mapping.fc")}
     mapping.load_state_dict(weights, strict=False)
     return mapping.eval()

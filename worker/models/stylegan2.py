@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -25,6 +25,7 @@ NOISE_MODES: tuple[str, ...] = ("const", "random", "none")
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
+DEFAULT_RESAMPLE_FILTER = (1.0, 3.0, 3.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class GeneratorArchitecture:
     mapping_lr_multiplier: float = 0.01
     conv_clamp: float | None = None
     use_noise: bool = True
-    resample_filter: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)
-    kernel_size: int = field(default=3)
+    resample_filter: tuple[float, ...] = DEFAULT_RESAMPLE_FILTER
+    kernel_size: int = 3
 
     def __post_init__(self) -> None:
         resolution_log2 = int(math.log2(self.img_resolution)) if self.img_resolution > 0 else 0
@@ -305,28 +306,23 @@ class MappingNetwork(torch.nn.Module):
     """z (NxZ) -> ws (N x num_ws x w_dim): 2nd-moment normalisation, `num_layers` lrelu FC layers
     with lr multiplier, broadcast to every style input, optional truncation toward `w_avg`."""
 
-    def __init__(
-        self,
-        z_dim: int,
-        w_dim: int,
-        num_ws: int,
-        num_layers: int = 8,
-        layer_features: int | None = None,
-        lr_multiplier: float = 0.01,
-    ) -> None:
+    def __init__(self, architecture: GeneratorArchitecture) -> None:
         super().__init__()
-        self.z_dim = z_dim
-        self.w_dim = w_dim
-        self.num_ws = num_ws
-        self.num_layers = num_layers
-        layer_features = w_dim if layer_features is None else layer_features
-        features = [z_dim] + [layer_features] * (num_layers - 1) + [w_dim]
-        for index in range(num_layers):
+        self.z_dim = architecture.z_dim
+        self.w_dim = architecture.w_dim
+        self.num_ws = architecture.num_ws
+        self.num_layers = architecture.mapping_layers
+        layer_features = architecture.mapping_layer_features or architecture.w_dim
+        features = [self.z_dim] + [layer_features] * (self.num_layers - 1) + [self.w_dim]
+        for index in range(self.num_layers):
             layer = FullyConnectedLayer(
-                features[index], features[index + 1], activation="lrelu", lr_multiplier=lr_multiplier
+                features[index],
+                features[index + 1],
+                activation="lrelu",
+                lr_multiplier=architecture.mapping_lr_multiplier,
             )
             setattr(self, f"fc{index}", layer)
-        self.register_buffer("w_avg", torch.zeros([w_dim]))
+        self.register_buffer("w_avg", torch.zeros([self.w_dim]))
 
     def forward(
         self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None
@@ -358,7 +354,7 @@ class SynthesisLayer(torch.nn.Module):
         kernel_size: int = 3,
         up: int = 1,
         use_noise: bool = True,
-        resample_filter: Sequence[float] = (1, 3, 3, 1),
+        resample_filter: Sequence[float] = DEFAULT_RESAMPLE_FILTER,
         conv_clamp: float | None = None,
     ) -> None:
         super().__init__()
@@ -532,14 +528,7 @@ class Generator(torch.nn.Module):
         self.img_channels = architecture.img_channels
         self.synthesis = SynthesisNetwork(architecture)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(
-            z_dim=architecture.z_dim,
-            w_dim=architecture.w_dim,
-            num_ws=self.num_ws,
-            num_layers=architecture.mapping_layers,
-            layer_features=architecture.mapping_layer_features,
-            lr_multiplier=architecture.mapping_lr_multiplier,
-        )
+        self.mapping = MappingNetwork(architecture)
 
     @property
     def w_avg(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,8 +66,11 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
+        inversion = INVERSION_PRESETS[settings.invert_preset]
+        if settings.invert_steps is not None:
+            inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
-            inversion=INVERSION_PRESETS[settings.invert_preset],
+            inversion=inversion,
             edit_margin=settings.edit_margin,
             no_chin_threshold=settings.no_chin_threshold,
             fixed_alpha=settings.fixed_alpha,
@@ -78,8 +81,10 @@ class PipelineConfig:
             ),
         )
 
-    def edit_config(self, options: EditOptions) -> EditConfig:
+    def edit_config(self, options: EditOptions, num_ws: int) -> EditConfig:
+        """Style layers past the generator's own count are dropped, so small test generators edit too."""
         keep = WARP_KEPT_LAYERS if options.refine is RefineMethod.WARP else KEPT_FINE_LAYERS
+        keep = tuple(layer for layer in keep if layer < num_ws)
         return EditConfig(
             strength=options.strength,
             margin=self.edit_margin,
@@ -158,7 +163,7 @@ def run_pipeline(
     with clock.stage(Stage.EDIT):
         progress(Stage.EDIT, 0.0)
         edit = remove_double_chin(
-            original_wp, registry.fine_boundary, config.edit_config(options), registry.pose_normal
+            original_wp, registry.fine_boundary, config.edit_config(options, G.num_ws), registry.pose_normal
         )
         report.update(
             score_before=round(edit.score_before, 4),
