@@ -24,8 +24,9 @@ FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 AS worker
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+# libgl1 and libglib2.0-0: opencv-python (what face-alignment requires) links them even when headless.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv libgomp1 \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv libgomp1 libgl1 libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/* \
  && python3.11 -m venv /opt/venv
 # torch first, from the CUDA index, so the project's torch==2.13.0 pin is already satisfied by a CUDA build.

@@ -15,7 +15,10 @@ COMMAND_MODULES = (
     "chinfix.commands.worker",
     "chinfix.commands.up",
     "chinfix.commands.models",
-    "chinfix.commands.invert", "chinfix.commands.edit_code",
+    "chinfix.commands.invert",
+    "chinfix.commands.edit_code",
+    "chinfix.commands.edit",
+    "chinfix.commands.bench",
 )
 
 

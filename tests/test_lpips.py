@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.generator_fixtures import build_tiny_generator
+from tests.lpips_fixtures import TORCHVISION_CONV_INDICES, published_lin_state, torchvision_style_vgg16_checkpoint
 from worker.models.lpips import (
     LPIPS_SCALE,
     LPIPS_SHIFT,
@@ -18,9 +19,6 @@ from worker.models.lpips import (
     published_channel_weights,
 )
 from worker.models.vgg16 import STAGE_CHANNELS, VGG16Features, load_vgg16_features
-
-TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-
 
 @pytest.fixture(scope="module")
 def metric():
@@ -32,34 +30,10 @@ def _images(seed: int, count: int = 2, size: int = 32) -> torch.Tensor:
     return torch.rand((count, 3, size, size), generator=generator) * 2 - 1
 
 
-def _torchvision_style_checkpoint(seed: int) -> dict[str, torch.Tensor]:
-    """torchvision vgg16's `features.*` keys and shapes, plus classifier keys (small stand-ins) the loader must skip."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    in_channels = 3
-    out_channels = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
-    for index, channels in zip(TORCHVISION_CONV_INDICES, out_channels, strict=True):
-        state[f"features.{index}.weight"] = torch.randn((channels, in_channels, 3, 3), generator=generator) * 0.05
-        state[f"features.{index}.bias"] = torch.randn((channels,), generator=generator) * 0.01
-        in_channels = channels
-    for index in (0, 3, 6):
-        state[f"classifier.{index}.weight"] = torch.zeros((4, 4))
-        state[f"classifier.{index}.bias"] = torch.zeros((4,))
-    return state
-
-
-def _published_lin_state(seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        f"lin{stage}.model.1.weight": torch.rand((1, channels, 1, 1), generator=generator)
-        for stage, channels in enumerate(STAGE_CHANNELS)
-    }
-
-
 def test_vgg16_state_dict_matches_torchvision_layout():
     own = {key: tuple(value.shape) for key, value in VGG16Features().state_dict().items()}
     expected = {
-        key: tuple(value.shape) for key, value in _torchvision_style_checkpoint(0).items() if key.startswith("features.")
+        key: tuple(value.shape) for key, value in torchvision_style_vgg16_checkpoint(0).items() if key.startswith("features.")
     }
     assert own == expected
 
@@ -98,7 +72,7 @@ def test_loss_is_differentiable_with_respect_to_the_input(metric):
 
 def test_published_checkpoints_load_and_define_the_metric(tmp_path):
     vgg_path, lin_path = tmp_path / "vgg16.pth", tmp_path / "vgg.pth"
-    checkpoint, lin_state = _torchvision_style_checkpoint(11), _published_lin_state(12)
+    checkpoint, lin_state = torchvision_style_vgg16_checkpoint(11), published_lin_state(12)
     torch.save(checkpoint, vgg_path)
     torch.save(lin_state, lin_path)
     metric = load_lpips_vgg(vgg_path, lin_path)
@@ -127,7 +101,7 @@ def test_published_checkpoints_load_and_define_the_metric(tmp_path):
 
 
 def test_vgg_loader_ignores_classifier_but_requires_every_conv(tmp_path):
-    checkpoint = _torchvision_style_checkpoint(21)
+    checkpoint = torchvision_style_vgg16_checkpoint(21)
     path = tmp_path / "vgg16.pth"
     torch.save(checkpoint, path)
     assert load_vgg16_features(path).features[0].weight.shape == (64, 3, 3, 3)
@@ -138,7 +112,7 @@ def test_vgg_loader_ignores_classifier_but_requires_every_conv(tmp_path):
 
 
 def test_lin_weights_must_be_complete_non_negative_and_shaped():
-    lin_state = _published_lin_state(31)
+    lin_state = published_lin_state(31)
     assert [weight.shape for weight in published_channel_weights(lin_state)] == [(c,) for c in STAGE_CHANNELS]
     negative = dict(lin_state, **{"lin2.model.1.weight": -lin_state["lin2.model.1.weight"]})
     with pytest.raises(ValueError, match="non-negative"):

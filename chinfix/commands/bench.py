@@ -1,4 +1,9 @@
-"""`chinfix bench TARGET`: speed and memory tables for one part of the pipeline."""
+"""`chinfix bench TARGET [OPTIONS]`: speed and memory tables for one part of the pipeline.
+
+Each target is a module of `worker.bench` with `configure(parser)` and `run(args)`. Its options are
+parsed only once the target is chosen, so building the CLI never imports the worker side: the API
+image has no `worker` package.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +19,25 @@ BENCH_TARGETS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="print a benchmark table")
-    targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
-    for name, module_name in BENCH_TARGETS.items():
-        target = targets.add_parser(name, help=f"benchmark the {name} stage")
-        target.set_defaults(func=_runner(module_name))
-        target.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
-        target.add_argument("--repeats", type=int, default=5, help="timed repetitions per row")
-        _bench_module(module_name).configure(target)
+    parser = subparsers.add_parser(
+        "bench",
+        help="print a benchmark table",
+        description=f"Targets: {', '.join(BENCH_TARGETS)}. `chinfix bench TARGET --help` lists a target's options.",
+    )
+    parser.add_argument("target", choices=BENCH_TARGETS, metavar="TARGET", help=", ".join(BENCH_TARGETS))
+    parser.add_argument("target_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
 
 
-def _bench_module(module_name: str):
-    return importlib.import_module(module_name)
+def target_parser(name: str) -> argparse.ArgumentParser:
+    """The options of one bench target: the shared ones, then the target module's own."""
+    parser = argparse.ArgumentParser(prog=f"chinfix bench {name}")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per row")
+    importlib.import_module(BENCH_TARGETS[name]).configure(parser)
+    return parser
 
 
-def _runner(module_name: str):
-    def run(args: argparse.Namespace) -> int:
-        return _bench_module(module_name).run(args)
-
-    return run
+def run(args: argparse.Namespace) -> int:
+    target_args = target_parser(args.target).parse_args(args.target_args)
+    return importlib.import_module(BENCH_TARGETS[args.target]).run(target_args)

@@ -24,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from worker.bench.timing import median_ms, peak_memory_mib, print_table, reset_peak_memory, resolve_device
+    from worker.bench.timing import median_ms, peak_memory_mib, print_table, reset_peak_memory
+    from worker.registry import resolve_device
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
 
     device = resolve_device(args.device)

@@ -33,7 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from worker.bench.timing import peak_memory_mib, print_table, reset_peak_memory, resolve_device, synchronize
+    from worker.bench.timing import peak_memory_mib, print_table, reset_peak_memory, synchronize
+    from worker.registry import resolve_device
     from worker.models.lpips import build_random_lpips
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
     from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, invert_wplus

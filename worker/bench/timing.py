@@ -11,13 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' means CUDA when a GPU is visible, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
