@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from rq import Queue
 
 from app.errors import install_error_handlers
+from app.metrics import install_metrics
 from app.schemas import ErrorEnvelope
 from app.routes import health_router, jobs_router
 from chinfix.jobs import JobStore, connect_redis
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.job_store = JobStore.from_settings(settings, connection)
     app.state.queue = Queue(settings.queue_name, connection=connection)
     install_error_handlers(app)
+    install_metrics(app, app.state.job_store, app.state.queue)
     app.include_router(health_router)
     app.include_router(jobs_router)
     return app

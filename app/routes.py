@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
@@ -170,11 +168,10 @@ def check_readiness(request: Request) -> Readiness:
     store = _store(request)
     try:
         store.redis.ping()
-        worker_keys = list(store.redis.scan_iter(match=store.keys.workers_pattern(), count=500))
-        heartbeats = [beat for beat in store.redis.mget(worker_keys) if beat] if worker_keys else []
+        heartbeats = store.worker_heartbeats()
     except RedisError as error:
         return Readiness(ready=False, redis=False, workers=[], problems=[f"Redis is unreachable: {error}"])
-    workers = [WorkerView.model_validate(json.loads(beat)) for beat in heartbeats]
+    workers = [WorkerView.model_validate(beat) for beat in heartbeats]
     problems = []
     if not workers:
         problems.append("No worker is running: start one with `chinfix worker`.")

@@ -131,6 +131,10 @@ class RedisKeys:
         """Refreshed by the worker while it runs the job; its expiry means the worker died."""
         return f"{self.prefix}:job:{job_id}:lease"
 
+    def outcomes(self) -> str:
+        """Hash: how many jobs ended each way, ever (fields `succeeded` and `failed:<error code>`)."""
+        return f"{self.prefix}:outcomes"
+
     def worker(self, worker_name: str) -> str:
         """A worker's heartbeat: its name, device and which models it lacks."""
         return f"{self.prefix}:worker:{worker_name}"

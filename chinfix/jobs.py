@@ -30,6 +30,19 @@ def connect_redis(settings: Settings) -> redis.Redis:
     )
 
 
+SUCCEEDED_OUTCOME = "succeeded"
+
+
+def failed_outcome(code: ErrorCode) -> str:
+    """The field of the outcomes hash that counts jobs failed with `code`."""
+    return f"failed:{code}"
+
+
+def read_outcomes(connection: redis.Redis, keys: RedisKeys) -> dict[str, int]:
+    """Jobs ended so far: {"succeeded": n, "failed:<code>": n, ...}."""
+    return {field.decode(): int(count) for field, count in connection.hgetall(keys.outcomes()).items()}
+
+
 def now() -> float:
     return time.time()
 
@@ -172,6 +185,7 @@ class JobStore:
             )
             pipe.expire(self.keys.job(job_id), self.ttl_seconds)
             pipe.delete(self.keys.job_lease(job_id))
+            pipe.hincrby(self.keys.outcomes(), SUCCEEDED_OUTCOME)
             pipe.execute()
 
     def fail(self, job_id: str, code: ErrorCode, message: str, report: dict[str, Any] | None = None) -> None:
@@ -186,6 +200,7 @@ class JobStore:
             pipe.hset(self.keys.job(job_id), mapping=_encode(fields))
             pipe.expire(self.keys.job(job_id), self.ttl_seconds)
             pipe.delete(self.keys.job_lease(job_id))
+            pipe.hincrby(self.keys.outcomes(), failed_outcome(code))
             pipe.execute()
 
     def fail_if_worker_lost(self, record: JobRecord) -> JobRecord:
@@ -216,11 +231,17 @@ class JobStore:
                         }
                     ),
                 )
+                pipe.hincrby(self.keys.outcomes(), failed_outcome(ErrorCode.WORKER_LOST))
                 try:
                     pipe.execute()
                 except redis.WatchError:
                     pass
         return self.get(record.id) or record
+
+    def worker_heartbeats(self) -> list[dict[str, Any]]:
+        """What each live worker last published (name, device, missing models); expired ones are gone."""
+        keys = list(self.redis.scan_iter(match=self.keys.workers_pattern(), count=500))
+        return [json.loads(beat) for beat in self.redis.mget(keys) if beat] if keys else []
 
     def delete(self, job_id: str, debug_names: list[str]) -> None:
         self.redis.delete(

@@ -134,3 +134,21 @@ def test_api_keys(isolated_env: dict[str, str], tmp_path: Path, portrait_bytes: 
         assert_error(httpx.get(job_url, headers={"Authorization": "Basic first-key"}), 401, "unauthorized")
     finally:
         api.stop()
+
+
+def test_metrics_count_requests_and_read_the_queue(api_server: str, portrait_bytes: bytes) -> None:
+    def metric_lines() -> list[str]:
+        response = httpx.get(f"{api_server}/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        return response.text.splitlines()
+
+    before = metric_lines()
+    assert "chinfix_redis_up 1.0" in before and "chinfix_jobs_queued 0.0" in before
+    for _ in range(2):
+        assert post_edit(api_server, portrait_bytes).status_code == 202
+    assert_error(post_edit(api_server, b""), 400, "empty_upload")
+    after = metric_lines()
+    assert "chinfix_jobs_queued 2.0" in after
+    assert 'chinfix_http_requests_total{method="POST",route="/edit",status="202"} 2.0' in after
+    assert 'chinfix_http_requests_total{method="POST",route="/edit",status="400"} 1.0' in after
+    assert any(line.startswith('chinfix_http_request_seconds_count{method="POST",route="/edit"} 3.0') for line in after)

@@ -54,6 +54,10 @@ def test_job_succeeds_through_a_worker(isolated_env: dict[str, str], tmp_path: P
         debug = httpx.get(job["links"]["debug"]["soft_mask"])
         assert debug.status_code == 200 and decode(debug.content).shape == original.shape
 
+        metrics = httpx.get(f"{base_url}/metrics").text
+        assert 'chinfix_jobs_finished_total{code="",status="succeeded"} 1.0' in metrics
+        assert 'chinfix_workers{ready="false"} 1.0' in metrics  # the stub needs no models; the store is empty
+
         assert httpx.delete(f"{base_url}/jobs/{job_id}").status_code == 204
         assert httpx.get(f"{base_url}/jobs/{job_id}/result").status_code == 404
     finally:
