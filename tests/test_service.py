@@ -118,7 +118,10 @@ def test_worker_killed_mid_job_fails_the_job_visibly(isolated_env: dict[str, str
         api.stop()
 
 
-def test_up_runs_everything_and_stops_cleanly_on_ctrl_c(isolated_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_up_runs_everything_and_stops_cleanly(
+    isolated_env: dict[str, str], tmp_path: Path, stop_signal: signal.Signals
+) -> None:
     env = {key: value for key, value in isolated_env.items() if key != "CHINFIX_REDIS_URL"}
     env["CHINFIX_STATE_DIR"] = str(tmp_path / "state")
     port = free_port()
@@ -137,7 +140,7 @@ def test_up_runs_everything_and_stops_cleanly_on_ctrl_c(isolated_env: dict[str, 
         job = wait_for_job(base_url, job_id, {"succeeded", "failed"})
         assert job["error"]["code"] == "model_missing"
     finally:
-        up.send_signal(signal.SIGINT)
+        up.send_signal(stop_signal)
         output, _ = up.communicate(timeout=60)
     assert up.returncode == 0, output
     assert f"http://127.0.0.1:{port}" in output and "OPEN" in output

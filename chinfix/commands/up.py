@@ -22,6 +22,9 @@ def up(args: argparse.Namespace) -> int:
     from chinfix.embedded_redis import EmbeddedRedis
 
     settings = settings_from_args(args)
+    # A container runtime or service manager stops us with SIGTERM: clean up as for Ctrl-C, or the
+    # embedded Redis and the children outlive us.
+    signal.signal(signal.SIGTERM, _interrupt)
     embedded = None if settings.redis_url else EmbeddedRedis(settings.state_dir)
     redis_url = embedded.start() if embedded else settings.redis_url
     env = dict(os.environ, CHINFIX_REDIS_URL=redis_url, CHINFIX_HOST=settings.host, CHINFIX_PORT=str(settings.port))
@@ -45,6 +48,10 @@ def up(args: argparse.Namespace) -> int:
         if embedded:
             embedded.stop()
     return max((child.returncode or 0 for child in children), default=0)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def stop_children(children: list[subprocess.Popen], grace_seconds: float = 20.0) -> None:
