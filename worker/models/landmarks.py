@@ -11,6 +11,7 @@ Coordinates are pixel indices: (0, 0) is the centre of the top-left pixel, x to 
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ LANDMARK_BACKENDS = ("dlib", "fan")
 FAN_LANDMARKS = "fan_landmarks"
 FAN_FACE_DETECTOR = "fan_face_detector"
 DLIB_PREDICTOR_FILENAME = "shape_predictor_68_face_landmarks.dat"
+FAN_CROP_SCALE_PX = 200.0
+"""face-alignment's crop convention: a face of `scale` spans scale * 200 image pixels of the 256px input."""
 DLIB_SUB_DETECTOR_ROLL = {3: -25.0, 4: 25.0}
 """dlib's frontal detector is five HOG filters: front, left, right, and front rolled either way. The rolled
 ones fire on faces rolled about 15 to 35 degrees (measured on the seed portraits), where the 68-point
@@ -128,8 +131,27 @@ class FanLandmarker:
             if self._flip_input:
                 flipped = self._network(fan_utils.flip(batch))[-1]
                 heatmaps = heatmaps + fan_utils.flip(flipped, is_label=True)
-        _, points, _ = fan_utils.get_preds_fromhm(heatmaps.float().cpu().numpy(), centre, scale)
-        return points.reshape(68, 2).astype(np.float64)
+        return heatmap_peaks_in_image(heatmaps[0].float().cpu().numpy(), centre, scale * FAN_CROP_SCALE_PX)
+
+
+def heatmap_peaks_in_image(heatmaps: np.ndarray, crop_centre: np.ndarray, crop_side_px: float) -> np.ndarray:
+    """68x2 float64 image points from FAN's 68xHxH heatmaps of a square crop (`crop_side_px` image pixels
+    wide, centred on `crop_centre`).
+
+    Each point is its heatmap's peak, nudged a quarter cell toward the larger neighbour, as FAN's authors
+    decode it. Written here rather than taken from face-alignment, whose decoder is numba-compiled on first
+    use in every process (seconds added to a worker's first job) and rounds the result to whole pixels.
+    """
+    count, height, width = heatmaps.shape
+    peaks = heatmaps.reshape(count, -1).argmax(axis=1)
+    rows, cols = np.divmod(peaks, width)
+    points = np.stack([cols, rows], axis=1).astype(np.float64)
+    inner = (cols > 0) & (cols < width - 1) & (rows > 0) & (rows < height - 1)
+    for index in np.flatnonzero(inner):
+        heatmap, row, col = heatmaps[index], rows[index], cols[index]
+        points[index] += 0.25 * np.sign([heatmap[row, col + 1] - heatmap[row, col - 1], heatmap[row + 1, col] - heatmap[row - 1, col]])
+    # Cell i covers the crop fraction [i, i + 1) / width: its centre sits at (i + 0.5) / width.
+    return crop_centre + ((points + 0.5) / width - 0.5) * crop_side_px
 
 
 def dlib_predictor_path() -> Path:
@@ -162,11 +184,23 @@ def load_fan_landmarker(landmarks_weights: Path, detector_weights: Path, device:
     from face_alignment.detection.sfd.sfd_detector import SFDDetector
     from face_alignment.models import FAN
 
-    network = FAN(4)
-    network.load_state_dict(torch.load(landmarks_weights, map_location=device, weights_only=True))
+    state_dict = torch.load(landmarks_weights, map_location=device, weights_only=True)
+    network = FAN(fan_hourglass_count(state_dict))
+    network.load_state_dict(state_dict)
     network.to(device).eval()
     face_detector = SFDDetector(device=device, path_to_detector=str(detector_weights))
     return FanLandmarker(network, face_detector, device)
+
+
+def fan_hourglass_count(state_dict: dict[str, Any]) -> int:
+    """How many stacked hourglasses a FAN state dict holds (2D-FAN-4 has 4), from its `l{i}.weight` heads."""
+    count = sum(1 for key in state_dict if re.fullmatch(r"l\d+\.weight", key))
+    if count == 0:
+        raise PipelineError(
+            ErrorCode.MODEL_MISSING,
+            f"The {FAN_LANDMARKS} file is not a FAN state dict (no heatmap heads): run `chinfix models pull {FAN_LANDMARKS}`.",
+        )
+    return count
 
 
 def load_landmarker(backend: str, store: Any, device: str = "cpu") -> DlibLandmarker | FanLandmarker:
