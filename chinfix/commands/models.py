@@ -53,8 +53,9 @@ def _human_size(size: int | None) -> str:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
+
+    from chinfix.terminal import console
 
     store = _store(args)
     results = store.verify()
@@ -73,7 +74,7 @@ def list_models(args: argparse.Namespace) -> int:
             _human_size(result.size if present else entry.size),
             entry.license,
         )
-    Console().print(table)
+    console().print(table)
     return 0
 
 

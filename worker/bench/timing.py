@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from rich.console import Console
 from rich.table import Table
+
+from chinfix.terminal import console
 
 
 def synchronize(device: torch.device) -> None:
@@ -48,7 +49,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
         table.add_column(column)
     for row in rows:
         table.add_row(*(_cell(value) for value in row))
-    Console().print(table)
+    console().print(table)
 
 
 def _cell(value: object) -> str:
