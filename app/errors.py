@@ -8,12 +8,15 @@ import secrets
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chinfix.contract import ErrorCode
 from chinfix.errors import ImageError
 
 log = logging.getLogger("chinfix.api")
+
+REDIS_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -54,6 +57,16 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(error.status_code, ErrorCode.INVALID_OPTIONS)
         message = f"{request.method} {request.url.path}: {error.detail}. See /docs for the API."
         return error_response(error.status_code, code, message, getattr(error, "headers", None))
+
+    @app.exception_handler(RedisError)
+    async def _redis_error(_: Request, error: RedisError) -> JSONResponse:
+        log.warning("Redis failed under a request: %s", error)
+        return error_response(
+            503,
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The job store is unreachable right now; nothing was lost or queued. Try again shortly.",
+            {"Retry-After": str(REDIS_RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception) -> JSONResponse:

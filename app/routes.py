@@ -20,6 +20,7 @@ from chinfix.jobs import JobRecord, JobStore, new_job_id
 
 EDIT_JOB_FUNCTION = "worker.jobs.run_edit_job"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+QUEUE_FULL_RETRY_AFTER_S = 60
 
 health_router = APIRouter(tags=["health"])
 jobs_router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -57,6 +58,14 @@ async def submit_edit(request: Request, response: Response) -> JobAccepted:
     declared_length = int(request.headers.get("content-length") or 0)
     if declared_length > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise _upload_too_large(settings.max_upload_bytes)
+    queue: Queue = request.app.state.queue
+    if queue.count >= settings.max_queued_jobs:
+        raise ApiError(
+            503,
+            ErrorCode.QUEUE_FULL,
+            f"{settings.max_queued_jobs} photos are already waiting; try again in a minute.",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+        )
     form = await request.form(max_files=1, max_fields=20)
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
@@ -70,16 +79,21 @@ async def submit_edit(request: Request, response: Response) -> JobAccepted:
 
     job_id = new_job_id()
     store = _store(request)
-    store.create(job_id, data, options)
-    queue: Queue = request.app.state.queue
-    queue.enqueue(
-        EDIT_JOB_FUNCTION,
+    await run_in_threadpool(
+        store.create,
         job_id,
-        job_id=job_id,
-        job_timeout=settings.job_timeout_seconds,
-        result_ttl=settings.job_ttl_seconds,
-        failure_ttl=settings.job_ttl_seconds,
-        ttl=settings.job_ttl_seconds,
+        data,
+        options,
+        enqueue=lambda pipe: queue.enqueue_call(
+            EDIT_JOB_FUNCTION,
+            args=(job_id,),
+            job_id=job_id,
+            timeout=settings.job_timeout_seconds,
+            result_ttl=settings.job_ttl_seconds,
+            failure_ttl=settings.job_ttl_seconds,
+            ttl=settings.job_ttl_seconds,
+            pipeline=pipe,
+        ),
     )
     links = _links(request, job_id, [])
     response.headers["Location"] = links.self

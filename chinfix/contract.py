@@ -50,6 +50,8 @@ class ErrorCode(StrEnum):
     JOB_RUNNING = "job_running"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    QUEUE_FULL = "queue_full"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     # job errors (the job ends failed)
     NO_FACE = "no_face"
     FACE_NOT_FOUND = "face_not_found"
@@ -58,7 +60,6 @@ class ErrorCode(StrEnum):
     JOB_TIMEOUT = "job_timeout"
     WORKER_LOST = "worker_lost"
     INTERNAL_ERROR = "internal_error"
-    SERVICE_UNAVAILABLE = "service_unavailable"
 
 
 class RefineMethod(StrEnum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +99,15 @@ class JobStore:
     def from_settings(cls, settings: Settings, connection: redis.Redis) -> JobStore:
         return cls(connection, RedisKeys(settings.key_prefix), settings.job_ttl_seconds, settings.lease_seconds)
 
-    def create(self, job_id: str, input_bytes: bytes, options: EditOptions) -> JobRecord:
+    def create(
+        self,
+        job_id: str,
+        input_bytes: bytes,
+        options: EditOptions,
+        enqueue: Callable[[redis.client.Pipeline], object],
+    ) -> JobRecord:
+        """Store the input and a queued record, and queue the job (`enqueue` adds it to the pipeline) in one
+        transaction: a Redis failure leaves neither a record that no worker will take nor a job without input."""
         record = JobRecord(
             id=job_id,
             status=JobStatus.QUEUED,
@@ -106,6 +115,8 @@ class JobStore:
             created_at=now(),
         )
         with self.redis.pipeline() as pipe:
+            # First: RQ starts the transaction (MULTI) itself, which must come before any queued command.
+            enqueue(pipe)
             pipe.set(self.keys.job_input(job_id), input_bytes, ex=self.ttl_seconds)
             pipe.hset(
                 self.keys.job(job_id),

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service_harness import PORTRAITS, start_api
+from tests.service_harness import PORTRAITS, free_port, start_api
 from tests.service_inputs import jpeg_bytes, png_bytes, png_claiming_size
 
 
@@ -152,3 +152,31 @@ def test_metrics_count_requests_and_read_the_queue(api_server: str, portrait_byt
     assert 'chinfix_http_requests_total{method="POST",route="/edit",status="202"} 2.0' in after
     assert 'chinfix_http_requests_total{method="POST",route="/edit",status="400"} 1.0' in after
     assert any(line.startswith('chinfix_http_request_seconds_count{method="POST",route="/edit"} 3.0') for line in after)
+
+
+def test_a_full_queue_pushes_back(isolated_env: dict[str, str], tmp_path: Path, portrait_bytes: bytes) -> None:
+    api, base_url = start_api({**isolated_env, "CHINFIX_MAX_QUEUED_JOBS": "2"}, tmp_path)
+    try:
+        for _ in range(2):
+            assert post_edit(base_url, portrait_bytes).status_code == 202
+        refused = post_edit(base_url, portrait_bytes)
+        assert_error(refused, 503, "queue_full")
+        assert refused.headers["retry-after"] == "60"
+    finally:
+        api.stop()
+
+
+def test_unreachable_redis_is_503_not_500(isolated_env: dict[str, str], tmp_path: Path, portrait_bytes: bytes) -> None:
+    closed_port = free_port()
+    api, base_url = start_api({**isolated_env, "CHINFIX_REDIS_URL": f"redis://127.0.0.1:{closed_port}/0"}, tmp_path)
+    try:
+        assert httpx.get(f"{base_url}/healthz").status_code == 200
+        readiness = httpx.get(f"{base_url}/readyz")
+        assert readiness.status_code == 503 and readiness.json()["redis"] is False
+        refused = post_edit(base_url, portrait_bytes)
+        assert_error(refused, 503, "service_unavailable")
+        assert refused.headers["retry-after"] == "5"
+        assert_error(httpx.get(f"{base_url}/jobs/{'0' * 32}"), 503, "service_unavailable")
+        assert "chinfix_redis_up 0.0" in httpx.get(f"{base_url}/metrics").text
+    finally:
+        api.stop()
