@@ -118,6 +118,22 @@ def test_worker_killed_mid_job_fails_the_job_visibly(isolated_env: dict[str, str
         api.stop()
 
 
+def test_a_job_past_its_time_limit_fails_and_the_worker_goes_on(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**isolated_env, "CHINFIX_PIPELINE": "tests.stub_pipeline:hang_in_invert", "CHINFIX_JOB_TIMEOUT_SECONDS": "10"}
+    api, base_url = start_api(env, tmp_path)
+    worker = start_worker(env, tmp_path)
+    try:
+        job_id = submit(base_url, PORTRAITS[4])
+        job = wait_for_job(base_url, job_id, {"failed", "succeeded"}, timeout=60)
+        assert job["status"] == "failed" and job["error"]["code"] == "job_timeout", job
+        assert "10 s" in job["error"]["message"]
+        assert worker.process.poll() is None, worker.output()
+        assert len(httpx.get(f"{base_url}/readyz").json()["workers"]) == 1
+    finally:
+        worker.stop()
+        api.stop()
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_up_runs_everything_and_stops_cleanly(
     isolated_env: dict[str, str], tmp_path: Path, stop_signal: signal.Signals
