@@ -195,6 +195,8 @@ def check_readiness(request: Request) -> Readiness:
                 f"Worker {worker.name} is missing models: {', '.join(worker.missing_models)}. "
                 f"Run `chinfix models pull` on its machine."
             )
+        for name, reason in worker.unreadable_models.items():
+            problems.append(f"Worker {worker.name} could not read {name} ({reason}): delete the file and pull it again.")
     ready = any(not worker.missing_models for worker in workers)
     return Readiness(ready=ready, redis=True, workers=workers, problems=problems)
 

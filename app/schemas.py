@@ -59,7 +59,9 @@ class WorkerView(BaseModel):
     name: str
     device: str | None = None
     missing_models: list[str] = Field(default_factory=list)
-    current_job: str | None = None
+    unreadable_models: dict[str, str] = Field(
+        default_factory=dict, description="present but failed to load: model name -> the loader's reason"
+    )
 
 
 class Readiness(BaseModel):

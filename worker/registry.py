@@ -15,6 +15,7 @@ from chinfix.contract import ErrorCode
 from chinfix.errors import ChinfixError, PipelineError
 from chinfix.settings import Settings
 from model_store.store import ModelStore
+from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS
 
 log = logging.getLogger("chinfix.worker")
 
@@ -31,6 +32,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def generator_precision(precision: str, device: torch.device) -> tuple[int, bool]:
+    """(fp16 resolutions, channels-last) for the generator: fp16 is NVIDIA's config-f setting (the 4 highest
+    resolutions, channels-last) on CUDA; CPUs have no fast float16 convolutions, so they stay float32."""
+    if precision == "fp16" and device.type == "cuda":
+        return NVIDIA_FP16_RESOLUTIONS, True
+    if precision == "fp16":
+        log.warning("CHINFIX_PRECISION=fp16 needs CUDA; the generator runs in float32 on %s", device)
+    return 0, False
 
 
 def import_function(path: str) -> Callable[..., Any]:
@@ -59,6 +70,8 @@ class ModelRegistry:
     pose_normal: np.ndarray | None = None
     missing: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """Models whose files are present but failed to load, with the loader's reason (also in the missing lists)."""
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -79,7 +92,13 @@ class ModelRegistry:
         from worker.pipeline.edit import load_fine_boundary, load_pose_normal
 
         backend = self.settings.landmark_backend
-        self.generator = self._load((GENERATOR,), lambda path: load_generator(path, device=self.device))
+        fp16_resolutions, channels_last = generator_precision(self.settings.precision, self.device)
+        self.generator = self._load(
+            (GENERATOR,),
+            lambda path: load_generator(
+                path, device=self.device, fp16_resolutions=fp16_resolutions, channels_last=channels_last
+            ),
+        )
         self.fine_boundary = self._load(FINE_BOUNDARY, load_fine_boundary)
         self.perceptual = self._load(PERCEPTUAL, lambda vgg, lin: load_lpips_vgg(vgg, lin, device=self.device))
         self.landmarker = self._load(
@@ -93,9 +112,10 @@ class ModelRegistry:
         if not absent:
             try:
                 return loader(*(self.store.path(name) for name in names))
-            except (ChinfixError, OSError, ValueError, RuntimeError, KeyError):
+            except (ChinfixError, OSError, ValueError, RuntimeError, KeyError) as error:
                 log.exception("could not load %s; treating it as missing", ", ".join(names))
                 absent = list(names)
+                self.unreadable.update({name: str(error) for name in names})
         (self.missing_optional if optional else self.missing).extend(absent)
         return None
 
@@ -103,15 +123,22 @@ class ModelRegistry:
         """Raise model_missing naming every absent required model; an edit needs them all."""
         if self.missing:
             names = " ".join(self.missing)
+            unreadable = [name for name in self.missing if name in self.unreadable]
+            # A present file is never downloaded again, so a corrupt one has to go first.
+            remove_first = (
+                f"delete the unreadable file(s) of {', '.join(unreadable)} (`chinfix models verify` checks them), then "
+                if unreadable
+                else ""
+            )
             raise PipelineError(
                 ErrorCode.MODEL_MISSING,
                 f"The worker is missing the model(s) {', '.join(self.missing)}, so it cannot edit photos yet. "
-                f"An operator must run `chinfix models pull {names}` on the worker's machine.",
+                f"An operator must {remove_first}run `chinfix models pull {names}` on the worker's machine.",
             )
 
     def describe(self) -> dict[str, Any]:
         """For the heartbeat and /readyz."""
-        return {"device": str(self.device), "missing_models": list(self.missing)}
+        return {"device": str(self.device), "missing_models": list(self.missing), "unreadable_models": self.unreadable}
 
 
 _active: ModelRegistry | None = None

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-FP16_RESOLUTIONS = 4
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=1024, help="generator resolution (config-f channel rule)")
@@ -26,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     from worker.bench.timing import median_ms, peak_memory_mib, print_table, reset_peak_memory
     from worker.registry import resolve_device
-    from worker.models.stylegan2 import Generator, GeneratorArchitecture
+    from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS, Generator, GeneratorArchitecture
 
     device = resolve_device(args.device)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -43,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for precision in precisions:
         fp16 = precision == "fp16"
-        generator.set_precision(fp16_resolutions=FP16_RESOLUTIONS if fp16 else 0, channels_last=fp16)
+        generator.set_precision(fp16_resolutions=NVIDIA_FP16_RESOLUTIONS if fp16 else 0, channels_last=fp16)
         for batch_size in batch_sizes:
             z = torch.randn([batch_size, generator.z_dim], device=device)
 

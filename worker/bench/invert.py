@@ -124,9 +124,11 @@ def _set_precision(precision: str, generator, metric) -> None:
     resolutions (NVIDIA's num_fp16_res) and the LPIPS trunk in float16, TF32 elsewhere."""
     import torch
 
+    from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS
+
     allow_tf32 = precision != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     fp16 = precision == "fp16"
-    generator.set_precision(fp16_resolutions=4 if fp16 else 0)
+    generator.set_precision(fp16_resolutions=NVIDIA_FP16_RESOLUTIONS if fp16 else 0)
     metric.vgg.to(torch.float16 if fp16 else torch.float32)

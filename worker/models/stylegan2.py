@@ -26,6 +26,8 @@ NOISE_MODES: tuple[str, ...] = ("const", "random", "none")
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
 DEFAULT_RESAMPLE_FILTER = (1.0, 3.0, 3.0, 1.0)
+NVIDIA_FP16_RESOLUTIONS = 4
+"""How many of the highest resolutions NVIDIA runs in float16 on GPUs (their `num_fp16_res`)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,50 @@
+"""The model registry: what a worker loads once, and how it reports what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from chinfix.errors import PipelineError
+from chinfix.settings import Settings
+from tests.tiny_models import build_tiny_model_store
+from worker.registry import ModelRegistry, generator_precision
+
+
+def test_fp16_is_nvidias_setting_on_cuda_and_float32_elsewhere() -> None:
+    assert generator_precision("fp16", torch.device("cuda")) == (4, True)
+    assert generator_precision("fp16", torch.device("cpu")) == (0, False)
+    assert generator_precision("fp32", torch.device("cuda")) == (0, False)
+
+
+def test_a_complete_store_loads_every_model(tmp_path: Path) -> None:
+    build_tiny_model_store(tmp_path, with_parser=False)
+    registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu", precision="fp16"))
+    assert registry.missing == [] and registry.missing_optional == ["face_parsing_bisenet", "pose_yaw_boundary"]
+    registry.require_complete()
+    assert registry.generator is not None and registry.fine_boundary.num_ws == registry.generator.num_ws
+    assert not any(block.use_fp16 for block in registry.generator.synthesis.blocks())
+    assert registry.describe() == {"device": "cpu", "missing_models": [], "unreadable_models": {}}
+
+
+def test_an_empty_store_names_every_required_model(tmp_path: Path) -> None:
+    registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu"))
+    assert registry.missing == ["stylegan2_ffhq", "fine_boundary", "fine_intercept", "vgg16_imagenet", "lpips_vgg_lin"]
+    with pytest.raises(PipelineError) as raised:
+        registry.require_complete()
+    assert raised.value.code == "model_missing"
+    assert "chinfix models pull stylegan2_ffhq fine_boundary fine_intercept vgg16_imagenet lpips_vgg_lin" in raised.value.message
+
+
+def test_an_unreadable_file_is_missing_with_its_reason(tmp_path: Path) -> None:
+    store = build_tiny_model_store(tmp_path, with_parser=False)
+    store.path("stylegan2_ffhq").write_bytes(b"not a checkpoint")
+    registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu"))
+    assert registry.missing == ["stylegan2_ffhq"] and set(registry.unreadable) == {"stylegan2_ffhq"}
+    assert registry.describe()["unreadable_models"]["stylegan2_ffhq"]
+    with pytest.raises(PipelineError) as raised:
+        registry.require_complete()
+    assert "delete the unreadable file(s) of stylegan2_ffhq" in raised.value.message
+    assert "chinfix models pull stylegan2_ffhq" in raised.value.message
