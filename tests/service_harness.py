@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -63,6 +65,18 @@ def start_api(env: dict[str, str], log_dir: Path) -> tuple[RunningProcess, str]:
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> RunningProcess:
     return RunningProcess([sys.executable, "-m", "chinfix.cli", "worker"], env, log_dir / f"{name}.log")
+
+
+@contextmanager
+def api_and_worker(env: dict[str, str], log_dir: Path) -> Iterator[tuple[str, RunningProcess]]:
+    """A running API and one worker: (the API's base URL, the worker process); both stopped on exit."""
+    api, base_url = start_api(env, log_dir)
+    worker = start_worker(env, log_dir)
+    try:
+        yield base_url, worker
+    finally:
+        worker.stop()
+        api.stop()
 
 
 def wait_for_worker(base_url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> dict:

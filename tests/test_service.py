@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service_harness import PORTRAITS, free_port, start_api, start_worker, wait_for_job, wait_for_worker
+from tests.service_harness import PORTRAITS, api_and_worker, free_port, start_worker, wait_for_job, wait_for_worker
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -30,9 +30,7 @@ def submit(base_url: str, photo: Path, **options: str) -> str:
 
 def test_job_succeeds_through_a_worker(isolated_env: dict[str, str], tmp_path: Path) -> None:
     env = {**isolated_env, "CHINFIX_PIPELINE": "tests.stub_pipeline:darken_lower_third"}
-    api, base_url = start_api(env, tmp_path)
-    worker = start_worker(env, tmp_path)
-    try:
+    with api_and_worker(env, tmp_path) as (base_url, worker):
         job_id = submit(base_url, PORTRAITS[0], output="png", debug="true")
         job = wait_for_job(base_url, job_id, {"succeeded", "failed"})
         assert job["status"] == "succeeded", (job, worker.output())
@@ -60,15 +58,10 @@ def test_job_succeeds_through_a_worker(isolated_env: dict[str, str], tmp_path: P
 
         assert httpx.delete(f"{base_url}/jobs/{job_id}").status_code == 204
         assert httpx.get(f"{base_url}/jobs/{job_id}/result").status_code == 404
-    finally:
-        worker.stop()
-        api.stop()
 
 
 def test_without_models_the_job_fails_with_model_missing(isolated_env: dict[str, str], tmp_path: Path) -> None:
-    api, base_url = start_api(isolated_env, tmp_path)
-    worker = start_worker(isolated_env, tmp_path)
-    try:
+    with api_and_worker(isolated_env, tmp_path) as (base_url, worker):
         readiness = wait_for_worker(base_url)
         assert readiness["ready"] is False
         missing = readiness["workers"][0]["missing_models"]
@@ -83,16 +76,11 @@ def test_without_models_the_job_fails_with_model_missing(isolated_env: dict[str,
         assert "chinfix models pull" in job["error"]["message"] and "stylegan2_ffhq" in job["error"]["message"]
         result = httpx.get(f"{base_url}/jobs/{job_id}/result")
         assert result.status_code == 409 and result.json()["error"]["code"] == "job_failed"
-    finally:
-        worker.stop()
-        api.stop()
 
 
 def test_worker_killed_mid_job_fails_the_job_visibly(isolated_env: dict[str, str], tmp_path: Path) -> None:
     env = {**isolated_env, "CHINFIX_PIPELINE": "tests.stub_pipeline:hang_in_invert", "CHINFIX_LEASE_SECONDS": "3"}
-    api, base_url = start_api(env, tmp_path)
-    worker = start_worker(env, tmp_path)
-    try:
+    with api_and_worker(env, tmp_path) as (base_url, worker):
         job_id = submit(base_url, PORTRAITS[2])
         running = wait_for_job(base_url, job_id, {"running"})
         deadline = time.monotonic() + 60
@@ -113,25 +101,17 @@ def test_worker_killed_mid_job_fails_the_job_visibly(isolated_env: dict[str, str
             assert httpx.get(f"{base_url}/jobs/{job_id}").json()["status"] == "failed"
         finally:
             replacement.stop()
-    finally:
-        worker.stop()
-        api.stop()
 
 
 def test_a_job_past_its_time_limit_fails_and_the_worker_goes_on(isolated_env: dict[str, str], tmp_path: Path) -> None:
     env = {**isolated_env, "CHINFIX_PIPELINE": "tests.stub_pipeline:hang_in_invert", "CHINFIX_JOB_TIMEOUT_SECONDS": "10"}
-    api, base_url = start_api(env, tmp_path)
-    worker = start_worker(env, tmp_path)
-    try:
+    with api_and_worker(env, tmp_path) as (base_url, worker):
         job_id = submit(base_url, PORTRAITS[4])
         job = wait_for_job(base_url, job_id, {"failed", "succeeded"}, timeout=60)
         assert job["status"] == "failed" and job["error"]["code"] == "job_timeout", job
         assert "10 s" in job["error"]["message"]
         assert worker.process.poll() is None, worker.output()
         assert len(httpx.get(f"{base_url}/readyz").json()["workers"]) == 1
-    finally:
-        worker.stop()
-        api.stop()
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
