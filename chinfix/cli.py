@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "chinfix.commands.invert",
     "chinfix.commands.edit_code",
     "chinfix.commands.edit",
+    "chinfix.commands.align",
     "chinfix.commands.bench",
 )
 

@@ -110,3 +110,13 @@ def paste_transformed(canvas: np.ndarray, portrait: np.ndarray, angle_degrees: f
 def psnr(first: np.ndarray, second: np.ndarray) -> float:
     error = np.mean((first.astype(np.float64) - second.astype(np.float64)) ** 2)
     return float("inf") if error == 0 else 10.0 * math.log10(255.0**2 / error)
+
+
+def portrait_in_busy_scene(
+    name: str, angle_degrees: float, scale: float, centre: tuple[float, float],
+    height: int = 2000, width: int = 3000, background_seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An HxWx3 uint8 RGB busy scene with a seed portrait pasted in (see `paste_transformed`), and the
+    3x3 float64 T from portrait pixels to scene pixels."""
+    scene = busy_background(height, width, background_seed)
+    return scene, paste_transformed(scene, seed_portrait(name), angle_degrees, scale, centre)

@@ -6,16 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
-from chinfix.contract import EditOptions, OutputFormat, RefineMethod, ReturnKind
+from chinfix.commands.arguments import face_choice, image_output_path, output_format_of, print_error_body
+from chinfix.contract import EditOptions, ErrorCode, OutputFormat, RefineMethod, ReturnKind
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("edit", help="remove the double chin from one photo file")
     parser.add_argument("photo", type=Path, help="JPEG, PNG or WebP photo")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the edited image")
+    parser.add_argument(
+        "-o", "--output", type=image_output_path, required=True, help="where to write the edited image: .jpg, .png or .webp"
+    )
     parser.add_argument("--refine", choices=[method.value for method in RefineMethod], default="diffuse")
     parser.add_argument("--strength", type=float, default=1.0, help="0..1 (default 1)")
-    parser.add_argument("--face", default="largest", help="'largest' or a face index, left to right")
+    parser.add_argument("--face", type=face_choice, default="largest", help="'largest' or a face index, left to right")
     parser.add_argument("--return", dest="return_kind", choices=[kind.value for kind in ReturnKind], default="photo")
     parser.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
     parser.add_argument("--debug-dir", type=Path, help="also write the intermediate images here")
@@ -24,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
     from tqdm import tqdm
 
     from chinfix.errors import ChinfixError
@@ -32,18 +36,22 @@ def run(args: argparse.Namespace) -> int:
     from worker.progress import overall_progress
     from worker.registry import ModelRegistry
 
-    output_format = OutputFormat(args.output.suffix.lower().lstrip(".").replace("jpg", "jpeg") or "png")
-    options = EditOptions.model_validate(
-        {
-            "strength": args.strength,
-            "refine": args.refine,
-            "face": args.face,
-            "output": output_format,
-            "quality": args.quality,
-            "return": args.return_kind,
-            "debug": args.debug_dir is not None,
-        }
-    )
+    output_format = output_format_of(args.output)
+    try:
+        options = EditOptions.model_validate(
+            {
+                "strength": args.strength,
+                "refine": args.refine,
+                "face": args.face,
+                "output": output_format,
+                "quality": args.quality,
+                "return": args.return_kind,
+                "debug": args.debug_dir is not None,
+            }
+        )
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        return print_error_body(ErrorCode.INVALID_OPTIONS, problems)
     settings = Settings()
     try:
         photo = decode_image(args.photo.read_bytes(), ImageLimits(settings.max_pixels, settings.min_side))
@@ -56,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
             result = registry.edit_portrait(photo.rgb, options, registry, progress)
     except ChinfixError as error:
-        print(json.dumps({"error": {"code": error.code, "message": error.message}}))
-        return 2
+        return print_error_body(error.code, error.message)
+    except OSError as error:
+        return print_error_body(ErrorCode.IMAGE_UNREADABLE, f"cannot read {args.photo}: {error.strerror or error}")
     args.output.write_bytes(encode_image(result.image, output_format, args.quality))
     if args.debug_dir is not None:
         args.debug_dir.mkdir(parents=True, exist_ok=True)
