@@ -13,10 +13,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from worker.bench import SEED_PORTRAITS
+
 if TYPE_CHECKING:
     import numpy as np
 
-SEED_PORTRAITS = Path(__file__).resolve().parents[3] / "shared" / "seed-data" / "portraits"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

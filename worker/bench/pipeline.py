@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from worker.bench import SEED_PORTRAITS
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from worker.pipeline.portrait import PipelineConfig
     from worker.registry import ModelRegistry
 
-SEED_PORTRAITS = Path(__file__).resolve().parents[3] / "shared" / "seed-data" / "portraits"
 CHIN_MARGIN = 10.0
 """Chin score of the starting code on every layer: far more than the inversion moves a code along a random
 unit normal, so the inverted face still scores as a double chin."""
