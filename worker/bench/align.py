@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--portrait", type=Path, default=SEED_PORTRAITS / "00295.jpg",
