@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.job import JobStatus as RQJobStatus
 from starlette.datastructures import UploadFile
 
 from app.auth import require_api_key
@@ -21,6 +22,7 @@ from chinfix.jobs import JobRecord, JobStore, new_job_id
 EDIT_JOB_FUNCTION = "worker.jobs.run_edit_job"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 QUEUE_FULL_RETRY_AFTER_S = 60
+RQ_ENDED_STATUSES = {RQJobStatus.FINISHED, RQJobStatus.FAILED, RQJobStatus.STOPPED, RQJobStatus.CANCELED}
 
 health_router = APIRouter(tags=["health"])
 jobs_router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -202,11 +204,25 @@ def check_readiness(request: Request) -> Readiness:
 
 
 def _existing_job(request: Request, job_id: str) -> JobRecord:
+    """The job's record, with a job that can no longer finish (its worker died, its queue entry is gone)
+    settled as failed first, so a client never polls forever."""
     store = _store(request)
     record = store.get(job_id)
     if record is None:
         raise _job_not_found(job_id)
+    if record.status is JobStatus.QUEUED and _dropped_from_queue(request, job_id):
+        return store.fail_dropped_from_queue(record)
     return store.fail_if_worker_lost(record)
+
+
+def _dropped_from_queue(request: Request, job_id: str) -> bool:
+    """True when RQ no longer holds the job or has ended it (a worker died between taking it and starting it,
+    Redis evicted it) while our record still says queued."""
+    try:
+        status = Job.fetch(job_id, connection=request.app.state.redis).get_status()
+    except NoSuchJobError:
+        return True
+    return status in RQ_ENDED_STATUSES
 
 
 def _job_not_found(job_id: str) -> ApiError:

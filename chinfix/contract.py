@@ -59,6 +59,7 @@ class ErrorCode(StrEnum):
     MODEL_MISSING = "model_missing"
     JOB_TIMEOUT = "job_timeout"
     WORKER_LOST = "worker_lost"
+    JOB_LOST = "job_lost"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -217,37 +217,50 @@ class JobStore:
     def fail_if_worker_lost(self, record: JobRecord) -> JobRecord:
         """A running job without a live lease lost its worker (killed, crashed, machine gone): fail it.
 
-        Runs on every read, so whichever API replica looks first settles it; WATCH makes that race-free.
+        Runs on every read, so whichever API replica looks first settles it.
         """
         if record.status is not JobStatus.RUNNING or self.redis.exists(self.keys.job_lease(record.id)):
             return record
-        key = self.keys.job(record.id)
-        with self.redis.pipeline() as pipe:
-            pipe.watch(key, self.keys.job_lease(record.id))
-            status = pipe.hget(key, "status")
-            lease_alive = pipe.exists(self.keys.job_lease(record.id))
-            if status is not None and json.loads(status) == JobStatus.RUNNING and not lease_alive:
-                pipe.multi()
-                pipe.hset(
-                    key,
-                    mapping=_encode(
-                        {
-                            "status": JobStatus.FAILED,
-                            "finished_at": now(),
-                            "error": {
-                                "code": ErrorCode.WORKER_LOST,
-                                "message": "The worker processing this photo stopped unexpectedly. "
-                                "Please submit the photo again.",
-                            },
-                        }
-                    ),
-                )
-                pipe.hincrby(self.keys.outcomes(), failed_outcome(ErrorCode.WORKER_LOST))
-                try:
-                    pipe.execute()
-                except redis.WatchError:
-                    pass
+        self._fail_unless_moved_on(
+            record.id,
+            JobStatus.RUNNING,
+            ErrorCode.WORKER_LOST,
+            "The worker processing this photo stopped unexpectedly. Please submit the photo again.",
+        )
         return self.get(record.id) or record
+
+    def fail_dropped_from_queue(self, record: JobRecord) -> JobRecord:
+        """Fail a job still `queued` whose queue entry is gone or ended (its caller checked the queue): no worker
+        will ever take it, so waiting would be forever."""
+        self._fail_unless_moved_on(
+            record.id,
+            JobStatus.QUEUED,
+            ErrorCode.JOB_LOST,
+            "The photo was dropped from the queue before a worker could edit it. Please submit it again.",
+        )
+        return self.get(record.id) or record
+
+    def _fail_unless_moved_on(self, job_id: str, expected: JobStatus, code: ErrorCode, message: str) -> None:
+        """Fail the job if it is still `expected` and holds no lease. WATCH makes it safe against a worker that
+        moves the job on meanwhile and against other API replicas doing the same."""
+        key, lease = self.keys.job(job_id), self.keys.job_lease(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.watch(key, lease)
+            status = pipe.hget(key, "status")
+            if status is None or json.loads(status) != expected or pipe.exists(lease):
+                return
+            pipe.multi()
+            pipe.hset(
+                key,
+                mapping=_encode(
+                    {"status": JobStatus.FAILED, "finished_at": now(), "error": {"code": code, "message": message}}
+                ),
+            )
+            pipe.hincrby(self.keys.outcomes(), failed_outcome(code))
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                pass
 
     def worker_heartbeats(self) -> list[dict[str, Any]]:
         """What each live worker last published (name, device, missing models); expired ones are gone."""

@@ -180,3 +180,18 @@ def test_unreachable_redis_is_503_not_500(isolated_env: dict[str, str], tmp_path
         assert "chinfix_redis_up 0.0" in httpx.get(f"{base_url}/metrics").text
     finally:
         api.stop()
+
+
+def test_a_queued_job_whose_queue_entry_vanished_fails_visibly(
+    api_server: str, isolated_env: dict[str, str], portrait_bytes: bytes
+) -> None:
+    from redis import Redis
+    from rq.job import Job
+
+    job_id = post_edit(api_server, portrait_bytes).json()["id"]
+    assert httpx.get(f"{api_server}/jobs/{job_id}").json()["status"] == "queued"
+    # What Redis's eviction, or RQ's clean-up after a worker died holding the job, leaves behind.
+    Job.fetch(job_id, connection=Redis.from_url(isolated_env["CHINFIX_REDIS_URL"])).delete()
+    job = httpx.get(f"{api_server}/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "job_lost", job
+    assert_error(httpx.get(f"{api_server}/jobs/{job_id}/result"), 409, "job_failed")
