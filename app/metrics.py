@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from rq import Queue
 
-from chinfix.jobs import SUCCEEDED_OUTCOME, JobStore, read_outcomes
+from chinfix.jobs import JobStore, read_outcomes
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -49,11 +49,8 @@ class ServiceStateCollector(Collector):
         workers.add_metric(["false"], len(heartbeats) - ready)
         yield workers
         ended = CounterMetricFamily("chinfix_jobs_finished", "jobs ended, by status and error code", labels=["status", "code"])
-        for field, count in sorted(outcomes.items()):
-            if field == SUCCEEDED_OUTCOME:
-                ended.add_metric(["succeeded", ""], count)
-            else:
-                ended.add_metric(["failed", field.removeprefix("failed:")], count)
+        for (status, code), count in sorted(outcomes.items()):
+            ended.add_metric([status.value, code], count)
         yield ended
 
 

@@ -31,17 +31,21 @@ def connect_redis(settings: Settings) -> redis.Redis:
     )
 
 
-SUCCEEDED_OUTCOME = "succeeded"
+SUCCEEDED_OUTCOME = JobStatus.SUCCEEDED.value
 
 
 def failed_outcome(code: ErrorCode) -> str:
     """The field of the outcomes hash that counts jobs failed with `code`."""
-    return f"failed:{code}"
+    return f"{JobStatus.FAILED}:{code}"
 
 
-def read_outcomes(connection: redis.Redis, keys: RedisKeys) -> dict[str, int]:
-    """Jobs ended so far: {"succeeded": n, "failed:<code>": n, ...}."""
-    return {field.decode(): int(count) for field, count in connection.hgetall(keys.outcomes()).items()}
+def read_outcomes(connection: redis.Redis, keys: RedisKeys) -> dict[tuple[JobStatus, str], int]:
+    """Jobs ended so far, by (status, error code); the code is "" for succeeded jobs."""
+    counts = {}
+    for field, count in connection.hgetall(keys.outcomes()).items():
+        status, _, code = field.decode().partition(":")
+        counts[(JobStatus(status), code)] = int(count)
+    return counts
 
 
 def now() -> float:

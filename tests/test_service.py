@@ -76,6 +76,8 @@ def test_without_models_the_job_fails_with_model_missing(isolated_env: dict[str,
         assert "chinfix models pull" in job["error"]["message"] and "stylegan2_ffhq" in job["error"]["message"]
         result = httpx.get(f"{base_url}/jobs/{job_id}/result")
         assert result.status_code == 409 and result.json()["error"]["code"] == "job_failed"
+        metrics = httpx.get(f"{base_url}/metrics").text
+        assert 'chinfix_jobs_finished_total{code="model_missing",status="failed"} 1.0' in metrics
 
 
 def test_worker_killed_mid_job_fails_the_job_visibly(isolated_env: dict[str, str], tmp_path: Path) -> None:
