@@ -39,8 +39,12 @@ SCENE_TRANSFORMS = [
 QUAD_TOLERANCE = 0.02
 """Largest corner distance between the quad found in a scene and the known answer, as a fraction of its side."""
 SQUINTING_QUAD_TOLERANCE = {"00191": 0.12}
-"""00191's eyes are squeezed shut: dlib's predictor puts them on the lashes or about 50 px (at 1024) lower,
-depending on the box, so its quad has two answers up to 10% of the side apart (13 pastes measured)."""
+"""00191's eyes are squeezed shut: dlib's predictor puts them on the lash line (eye y about 443 at 1024) or on
+the puffy lower lid (about 500), and the detector's own box for this face sits on the boundary between the two,
+so neighbouring boxes flip the answer and its quad has two places up to 10% of the side apart (13 pastes
+measured). The portrait's own alignment lands on the lower answer, 22 px from its frame; every variant tried
+that moved the pastes onto one answer (frames from stable lower-face points, wider jitter, mean instead of
+median) moved the portrait itself 45-117 px from its frame."""
 
 DECODE_LIMITS = ImageLimits(max_pixels=40_000_000, min_side=64)
 
