@@ -62,6 +62,13 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
             "models missing: %s; jobs will fail with model_missing until `chinfix models pull`",
             ", ".join(registry.missing),
         )
+    if registry.device.type == "cpu" and registry.generator is not None and registry.generator.img_resolution >= 512:
+        log.warning(
+            "this worker edits on the CPU: a %d px edit takes many minutes there (`chinfix bench pipeline` "
+            "measures it), likely past CHINFIX_JOB_TIMEOUT_SECONDS=%d; use a GPU or raise the timeout",
+            registry.generator.img_resolution,
+            settings.job_timeout_seconds,
+        )
     name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     description = {"name": name, **registry.describe()}
     with WorkerHeartbeat(connection, RedisKeys(settings.key_prefix).worker(name), description):
