@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chinfix.contract import ErrorCode
-from chinfix.errors import ImageError
+from chinfix.errors import ImageError, describe_validation_errors
 
 log = logging.getLogger("chinfix.api")
 
@@ -78,12 +78,3 @@ def install_error_handlers(app: FastAPI) -> None:
             f"Something went wrong on our side. Quote request id {request_id} if it happens again.",
             request_id=request_id,
         )
-
-
-def describe_validation_errors(errors: list[dict]) -> str:
-    """One sentence naming each bad field, e.g. "refine: Input should be 'diffuse', 'warp' or 'none'"."""
-    parts = []
-    for item in errors:
-        location = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
-        parts.append(f"{location or 'request'}: {item.get('msg', 'invalid')}")
-    return "Invalid request. " + "; ".join(parts)

@@ -13,8 +13,9 @@ from rq.job import JobStatus as RQJobStatus
 from starlette.datastructures import UploadFile
 
 from app.auth import require_api_key
-from app.errors import ApiError, describe_validation_errors
+from app.errors import ApiError
 from app.schemas import JobAccepted, JobLinks, JobView, Readiness, ResultInfo, WorkerView, timestamp
+from chinfix.errors import describe_validation_errors
 from chinfix.contract import DEBUG_IMAGE_NAMES, EditOptions, ErrorCode, JobStatus
 from chinfix.imaging import ImageLimits, decode_image
 from chinfix.jobs import JobRecord, JobStore, new_job_id

@@ -24,3 +24,12 @@ class ImageError(ChinfixError):
     def __init__(self, code: ErrorCode, message: str, http_status: int) -> None:
         super().__init__(code, message)
         self.http_status = http_status
+
+
+def describe_validation_errors(errors: list[dict]) -> str:
+    """One sentence naming each bad field, e.g. "refine: Input should be 'diffuse', 'warp' or 'none'"."""
+    parts = []
+    for item in errors:
+        location = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
+        parts.append(f"{location or 'request'}: {item.get('msg', 'invalid')}")
+    return "Invalid request. " + "; ".join(parts)

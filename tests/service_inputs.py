@@ -22,6 +22,22 @@ def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:
     return buffer.getvalue()
 
 
+EXIF_ORIENTATION_TAG = 0x0112
+STORED_QUARTER_TURNS = {6: 1, 8: -1, 3: 2}
+"""EXIF orientation → quarter turns (counter-clockwise, np.rot90) from the upright picture to the stored pixels:
+6 is displayed after a quarter turn clockwise, 8 after one counter-clockwise, 3 after a half turn."""
+
+
+def jpeg_with_orientation(upright_rgb: np.ndarray, orientation: int) -> bytes:
+    """The JPEG file a camera writes for an HxWx3 uint8 RGB picture held turned: turned pixels, EXIF tag."""
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright_rgb, STORED_QUARTER_TURNS[orientation])))
+    exif = stored.getexif()
+    exif[EXIF_ORIENTATION_TAG] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", quality=95, exif=exif)
+    return buffer.getvalue()
+
+
 def png_claiming_size(width: int, height: int) -> bytes:
     """A valid PNG header that claims width x height, with almost no pixel data behind it (a bomb's shape)."""
 

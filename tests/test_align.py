@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from chinfix.contract import ErrorCode
 from chinfix.errors import PipelineError
@@ -21,6 +19,7 @@ from tests.align_fixtures import (
     seed_portrait,
     seed_portrait_paths,
 )
+from tests.service_inputs import jpeg_with_orientation
 from worker.pipeline.align import AlignmentResult, apply_matrix, detect_faces, find_and_align
 
 SEED_NAMES = [path.stem for path in seed_portrait_paths()]
@@ -128,22 +127,6 @@ def test_tiny_face_is_found_but_too_small() -> None:
     assert raised.value.code == ErrorCode.FACE_TOO_SMALL
     accepted = find_and_align(scene, dlib_landmarker(), min_eye_to_mouth_px=20.0)
     assert accepted.faces_found == 1
-
-
-EXIF_ORIENTATION_TAG = 0x0112
-STORED_QUARTER_TURNS = {6: 1, 8: -1}
-"""EXIF orientation → quarter turns (counter-clockwise, np.rot90) from the upright picture to the stored pixels:
-6 is displayed after a quarter turn clockwise, 8 after one counter-clockwise."""
-
-
-def jpeg_with_orientation(upright_rgb: np.ndarray, orientation: int) -> bytes:
-    """The JPEG file a camera writes for an HxWx3 uint8 RGB picture held sideways: turned pixels, EXIF tag."""
-    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright_rgb, STORED_QUARTER_TURNS[orientation])))
-    exif = stored.getexif()
-    exif[EXIF_ORIENTATION_TAG] = orientation
-    buffer = io.BytesIO()
-    stored.save(buffer, format="JPEG", quality=95, exif=exif)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("orientation", [6, 8])

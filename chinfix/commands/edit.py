@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from tqdm import tqdm
 
-    from chinfix.errors import ChinfixError
+    from chinfix.errors import ChinfixError, describe_validation_errors
     from chinfix.imaging import ImageLimits, decode_image, encode_image
     from chinfix.settings import Settings
     from worker.progress import overall_progress
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
-        return print_error_body(ErrorCode.INVALID_OPTIONS, problems)
+        return print_error_body(ErrorCode.INVALID_OPTIONS, describe_validation_errors(error.errors()))
     settings = Settings()
     try:
         photo = decode_image(args.photo.read_bytes(), ImageLimits(settings.max_pixels, settings.min_side))
