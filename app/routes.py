@@ -35,7 +35,7 @@ def _store(request: Request) -> JobStore:
 
 def _edit_request_schema() -> dict:
     options = EditOptions.model_json_schema(by_alias=True)
-    properties = {"image": {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP photo"}}
+    properties = {"image": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP or HEIC photo"}}
     properties.update(options["properties"])
     return {
         "requestBody": {
@@ -121,7 +121,7 @@ def get_job(job_id: str, request: Request) -> JobView:
 @jobs_router.get(
     "/jobs/{job_id}/result",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}},
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/heic": {}}}},
     summary="The edited image",
 )
 def get_result(job_id: str, request: Request) -> Response:
@@ -134,7 +134,10 @@ def get_result(job_id: str, request: Request) -> Response:
     data = _store(request).load_result(job_id)
     if data is None:
         raise _job_not_found(job_id)
-    return Response(content=data, media_type=record.result["content_type"])
+    headers = {}
+    if offset := record.result.get("offset"):
+        headers["Chinfix-Patch-Offset"] = f"{offset['left']},{offset['top']}"
+    return Response(content=data, media_type=record.result["content_type"], headers=headers)
 
 
 @jobs_router.get(

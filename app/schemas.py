@@ -30,6 +30,9 @@ class ResultInfo(BaseModel):
     width: int
     height: int
     content_type: str
+    offset: dict[str, int] | None = Field(
+        None, description="return=patch: where the patch's top-left pixel sits in the photo ({left, top})"
+    )
 
 
 class JobAccepted(BaseModel):

@@ -70,9 +70,12 @@ class RefineMethod(StrEnum):
 
 
 class OutputFormat(StrEnum):
+    AUTO = "auto"
+    """The input's format: JPEG answers JPEG (untouched blocks kept), PNG PNG, WebP lossless WebP, HEIC JPEG."""
     JPEG = "jpeg"
     PNG = "png"
     WEBP = "webp"
+    HEIC = "heic"
 
     @property
     def content_type(self) -> str:
@@ -82,9 +85,13 @@ class OutputFormat(StrEnum):
 class ReturnKind(StrEnum):
     PHOTO = "photo"
     ALIGNED = "aligned"
+    PATCH = "patch"
+    """A PNG of the edited region's bounding box, alpha 255 where the edit blended in, 0 elsewhere."""
+    MASK = "mask"
+    """The soft neck mask in photo coordinates, HxW uint8 PNG (255 = fully edited)."""
 
 
-FaceChoice = Literal["largest"] | Annotated[int, Field(ge=0)]
+FaceChoice = Literal["largest", "all"] | Annotated[int, Field(ge=0)]
 
 
 class EditOptions(BaseModel):
@@ -94,14 +101,20 @@ class EditOptions(BaseModel):
 
     strength: float = Field(1.0, ge=0.0, le=1.0, description="0 leaves the photo alone, 1 is the full edit")
     refine: RefineMethod = Field(RefineMethod.DIFFUSE, description="diffuse (quality), warp (speed) or none")
-    face: FaceChoice = Field("largest", description="'largest' or the index of a face, counted left to right")
-    output: OutputFormat = Field(OutputFormat.JPEG, description="encoding of the result")
+    face: FaceChoice = Field(
+        "largest", description="'largest', 'all' (every face), or the index of a face, counted left to right"
+    )
+    output: OutputFormat = Field(
+        OutputFormat.AUTO, description="encoding of the result; auto answers in the input's format (HEIC as JPEG)"
+    )
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
     return_kind: ReturnKind = Field(
         ReturnKind.PHOTO,
         alias="return",
-        description="photo: the whole edited photo; aligned: the aligned face crop",
+        description="photo: the whole edited photo; aligned: the aligned face crop; patch: the edited region "
+        "with alpha; mask: the soft neck mask in photo coordinates",
     )
+    strip_metadata: bool = Field(False, description="drop EXIF and XMP (GPS) from the result; the ICC profile stays")
     debug: bool = Field(False, description="also keep the intermediate images (aligned, reconstruction, edit, mask)")
 
 

@@ -23,6 +23,28 @@ def darken_lower_third(photo, options, registry, progress) -> EditResult:
     return EditResult(image=edited, report={"faces_found": 1, "pipeline": "stub"}, debug_images={"soft_mask": edited[..., 0]})
 
 
+NECK_BOX = (0.55, 0.75, 0.35, 0.65)
+"""(top, bottom, left, right) fractions of the photo that `darken_neck_box` edits."""
+
+
+def neck_box_pixels(shape: tuple[int, ...]) -> tuple[slice, slice]:
+    height, width = shape[:2]
+    top, bottom, left, right = NECK_BOX
+    return slice(int(height * top), int(height * bottom)), slice(int(width * left), int(width * right))
+
+
+def darken_neck_box(photo, options, registry, progress) -> EditResult:
+    """Darkens a box below the centre, with a soft photo mask: a local edit, like a real one's footprint."""
+    for stage in Stage:
+        progress(stage, 1.0)
+    rows, cols = neck_box_pixels(photo.shape)
+    mask = np.zeros(photo.shape[:2], np.float32)
+    mask[rows, cols] = 1.0
+    edited = photo.copy()
+    edited[rows, cols] = (edited[rows, cols] * 0.6).astype(np.uint8)
+    return EditResult(image=edited, report={"faces_found": 1, "pipeline": "stub"}, photo_mask=mask)
+
+
 def hang_in_invert(photo, options, registry, progress) -> EditResult:
     """Reports the invert stage, then sleeps: a job to kill the worker under."""
     progress(Stage.ALIGN, 1.0)

@@ -18,6 +18,7 @@ from chinfix.contract import EditOptions, ErrorCode, OutputFormat
 from chinfix.errors import ChinfixError
 from chinfix.imaging import ImageLimits, decode_image, encode_image
 from chinfix.jobs import JobStore
+from chinfix.outputs import encode_result
 from worker.progress import ThrottledProgress
 from worker.registry import ModelRegistry, active_registry
 
@@ -85,15 +86,11 @@ def edit_and_store(store: JobStore, job_id: str, registry: ModelRegistry) -> Non
     photo = decode_image(data, ImageLimits(max_pixels=settings.max_pixels, min_side=settings.min_side))
     progress = ThrottledProgress(lambda stage, value: store.report_progress(job_id, stage, value))
     result = registry.edit_portrait(photo.rgb, options, registry, progress)
-    encoded = encode_image(result.image, options.output, options.quality)
+    encoded = encode_result(result.image, result.photo_mask, photo, data, options)
     debug_images = {name: encode_image(image, OutputFormat.PNG) for name, image in result.debug_images.items()}
-    report = dict(result.report, total_ms=round((time.perf_counter() - started) * 1000.0, 1))
-    height, width = result.image.shape[:2]
-    store.succeed(
-        job_id,
-        encoded,
-        {"width": width, "height": height, "content_type": options.output.content_type},
-        report,
-        debug_images if options.debug else {},
-    )
+    report = dict(result.report, output=encoded.details, total_ms=round((time.perf_counter() - started) * 1000.0, 1))
+    result_meta = {"width": encoded.width, "height": encoded.height, "content_type": encoded.content_type}
+    if "offset" in encoded.details:
+        result_meta["offset"] = encoded.details["offset"]
+    store.succeed(job_id, encoded.data, result_meta, report, debug_images if options.debug else {})
     log.info("job %s succeeded in %.0f ms (%s)", job_id, report["total_ms"], options.return_kind)

@@ -9,7 +9,8 @@ from pathlib import Path
 from chinfix.contract import ErrorCode, OutputFormat
 
 IMAGE_SUFFIXES = {
-    ".png": OutputFormat.PNG, ".jpg": OutputFormat.JPEG, ".jpeg": OutputFormat.JPEG, ".webp": OutputFormat.WEBP
+    ".png": OutputFormat.PNG, ".jpg": OutputFormat.JPEG, ".jpeg": OutputFormat.JPEG, ".webp": OutputFormat.WEBP,
+    ".heic": OutputFormat.HEIC,
 }
 
 

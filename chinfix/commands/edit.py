@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from chinfix.errors import ChinfixError, describe_validation_errors
     from chinfix.imaging import ImageLimits, decode_image, encode_image
+    from chinfix.outputs import encode_result
     from chinfix.settings import Settings
     from worker.progress import overall_progress
     from worker.registry import ModelRegistry
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         return print_error_body(ErrorCode.INVALID_OPTIONS, describe_validation_errors(error.errors()))
     settings = Settings()
     try:
-        photo = decode_image(args.photo.read_bytes(), ImageLimits(settings.max_pixels, settings.min_side))
+        photo_bytes = args.photo.read_bytes()
+        photo = decode_image(photo_bytes, ImageLimits(settings.max_pixels, settings.min_side))
         registry = ModelRegistry.load(settings)
         with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.json) as bar:
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return print_error_body(error.code, error.message)
     except OSError as error:
         return print_error_body(ErrorCode.IMAGE_UNREADABLE, f"cannot read {args.photo}: {error.strerror or error}")
-    args.output.write_bytes(encode_image(result.image, output_format, args.quality))
+    args.output.write_bytes(encode_result(result.image, result.photo_mask, photo, photo_bytes, options).data)
     if args.debug_dir is not None:
         args.debug_dir.mkdir(parents=True, exist_ok=True)
         for name, image in result.debug_images.items():

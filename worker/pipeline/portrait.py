@@ -50,6 +50,8 @@ class EditResult:
     """JSON-ready facts for the job record: faces, scores, alpha, mask source, per-stage milliseconds."""
     debug_images: dict[str, np.ndarray] = field(default_factory=dict)
     """Intermediate images by name (HxWx3 or HxW uint8), kept when the options ask for debug output."""
+    photo_mask: np.ndarray | None = None
+    """HxW float32 0..1 in photo pixels: how much of the edit each pixel took (None: nothing was edited)."""
 
 
 @dataclass(frozen=True)
