@@ -181,6 +181,45 @@ def choose_face(faces: list[FaceLandmarks], choice: FaceChoice, min_eye_to_mouth
     return index
 
 
+def choose_faces(
+    faces: list[FaceLandmarks], choice: FaceChoice | Literal["all"], min_eye_to_mouth_px: float = MIN_EYE_TO_MOUTH_PX
+) -> list[tuple[int, str | None]]:
+    """(face index, why it is skipped or None) for each face to edit. One face for 'largest' or an index (its
+    errors raised as `choose_face` raises them); every face for 'all', a too-small one skipped with its reason."""
+    if choice != "all":
+        return [(choose_face(faces, choice, min_eye_to_mouth_px), None)]
+    if not faces:
+        raise PipelineError(ErrorCode.NO_FACE, "No face was found in the photo.")
+    chosen = []
+    for index, face in enumerate(faces):
+        size = face.eye_to_mouth_px
+        reason = f"too small: {size:.0f} px from eyes to mouth, at least {min_eye_to_mouth_px:.0f} needed"
+        chosen.append((index, reason if size < min_eye_to_mouth_px else None))
+    if all(reason is not None for _, reason in chosen):
+        raise PipelineError(
+            ErrorCode.FACE_TOO_SMALL,
+            f"Every face is too small: at least {min_eye_to_mouth_px:.0f} px from eyes to mouth are needed.",
+        )
+    return chosen
+
+
+def turned_clockwise(image: np.ndarray, quarter_turns: int) -> np.ndarray:
+    """An HxW(xC) image turned clockwise by 90 degrees `quarter_turns` times (negative: counter-clockwise)."""
+    return np.ascontiguousarray(np.rot90(image, -quarter_turns)) if quarter_turns % 4 else image
+
+
+def detect_faces_any_rotation(
+    photo_rgb: np.ndarray, landmarker: Landmarker, config: DetectionConfig = DetectionConfig()
+) -> tuple[list[FaceLandmarks], int]:
+    """The faces of the photo as it is, or else of the photo turned clockwise by 90, 180 or 270 degrees (a photo
+    that lost its EXIF orientation): (faces in the turned photo's pixels, quarter turns clockwise)."""
+    for quarter_turns in range(4):
+        faces = detect_faces(turned_clockwise(photo_rgb, quarter_turns), landmarker, config)
+        if faces:
+            return faces, quarter_turns
+    return [], 0
+
+
 def ffhq_quad(landmarks68: np.ndarray) -> np.ndarray:
     """4x2 float64: the FFHQ crop square (top-left, bottom-left, bottom-right, top-right) from 68x2 landmarks."""
     eye_left, eye_right = landmarks68[LEFT_EYE].mean(axis=0), landmarks68[RIGHT_EYE].mean(axis=0)

@@ -6,6 +6,8 @@ costs what its face costs. Every photo pixel where the warped mask is 0 is retur
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -17,6 +19,16 @@ the photo has no edited pixels, and near it the crop holds FFHQ's blurred paddin
 the border must not end in a seam."""
 
 
+@dataclass(frozen=True)
+class FacePaste:
+    """One edited face to paste: where its crop sits, the crop (SxSx3 uint8 RGB) and its soft mask (SxS float32
+    in 0..1, aligned space)."""
+
+    transform: AlignmentTransform
+    edited_crop: np.ndarray
+    soft_mask: np.ndarray
+
+
 def paste_back(
     photo_rgb: np.ndarray,
     transform: AlignmentTransform,
@@ -26,25 +38,56 @@ def paste_back(
 ) -> np.ndarray:
     """The photo (HxWx3 uint8 RGB) with the edited crop (SxSx3 uint8 RGB) blended in under the soft
     mask (SxS float32 in 0..1, aligned space), both warped through the alignment transform."""
-    if edited_crop.shape[:2] != soft_mask.shape or soft_mask.shape != (transform.output_size,) * 2:
-        raise ValueError(
-            f"crop {edited_crop.shape[:2]} and mask {soft_mask.shape} must both be "
-            f"{transform.output_size}x{transform.output_size}, the alignment's output size"
-        )
+    pasted, _ = paste_back_faces(photo_rgb, [FacePaste(transform, edited_crop, soft_mask)], edge_feather_fraction)
+    return pasted
+
+
+def paste_back_faces(
+    photo_rgb: np.ndarray, faces: list[FacePaste], edge_feather_fraction: float = EDGE_FEATHER_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the photo with every face blended in, HxW float32 0..1 weight each photo pixel took from the edits).
+
+    Where masks overlap and their weights add up past 1, each face's weight is scaled down by the sum: the
+    pixel becomes their weighted mean instead of whichever face was pasted last, and never overshoots."""
     result = photo_rgb.copy()
-    mask = _feathered(soft_mask, edge_feather_fraction)
-    box = _footprint_box(transform, mask, photo_rgb.shape[:2])
-    if box is None:
-        return result
-    left, top, right, bottom = box
-    alpha = _warp_into_box(mask, transform, box, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)
-    warped_crop = _warp_into_box(edited_crop, transform, box, cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
+    weights = np.zeros(photo_rgb.shape[:2], np.float32)
+    placed = []
+    for face in faces:
+        size = face.transform.output_size
+        if face.edited_crop.shape[:2] != face.soft_mask.shape or face.soft_mask.shape != (size, size):
+            raise ValueError(
+                f"crop {face.edited_crop.shape[:2]} and mask {face.soft_mask.shape} must both be "
+                f"{size}x{size}, the alignment's output size"
+            )
+        mask = _feathered(face.soft_mask, edge_feather_fraction)
+        box = _footprint_box(face.transform, mask, photo_rgb.shape[:2])
+        if box is None:
+            continue
+        alpha = _warp_into_box(mask, face.transform, box, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)
+        warped_crop = _warp_into_box(face.edited_crop, face.transform, box, cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
+        placed.append((box, alpha, warped_crop))
+    if not placed:
+        return result, weights
+    left = min(box[0] for box, _, _ in placed)
+    top = min(box[1] for box, _, _ in placed)
+    right = max(box[2] for box, _, _ in placed)
+    bottom = max(box[3] for box, _, _ in placed)
+    total = np.zeros((bottom - top, right - left), np.float32)
+    for (box_left, box_top, box_right, box_bottom), alpha, _ in placed:
+        total[box_top - top : box_bottom - top, box_left - left : box_right - left] += alpha
+    scale = 1.0 / np.maximum(total, 1.0)
     original = photo_rgb[top:bottom, left:right].astype(np.float32)
-    blended = original + (warped_crop.astype(np.float32) - original) * alpha[:, :, None]
+    change = np.zeros_like(original)
+    for (box_left, box_top, box_right, box_bottom), alpha, warped_crop in placed:
+        rows, cols = slice(box_top - top, box_bottom - top), slice(box_left - left, box_right - left)
+        weight = alpha * scale[rows, cols]
+        change[rows, cols] += (warped_crop.astype(np.float32) - original[rows, cols]) * weight[:, :, None]
+        weights[box_top:box_bottom, box_left:box_right] += weight
+    blended = original + change
     np.rint(blended, out=blended)
-    inside = alpha > 0.0
+    inside = total > 0.0
     result[top:bottom, left:right][inside] = blended[inside].astype(np.uint8)
-    return result
+    return result, weights
 
 
 def warp_mask_to_photo(

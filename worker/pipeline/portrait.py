@@ -17,8 +17,17 @@ import torch
 
 from chinfix.contract import EditOptions, RefineMethod, ReturnKind, Stage
 from worker.models.landmarks import FaceBox
-from worker.pipeline.align import find_and_align
-from worker.pipeline.compose import paste_back
+from worker.pipeline.align import (
+    AlignedFace,
+    FaceLandmarks,
+    align_face,
+    choose_faces,
+    detect_faces_any_rotation,
+    ffhq_quad,
+    landmarks_in_aligned,
+    turned_clockwise,
+)
+from worker.pipeline.compose import FacePaste, paste_back_faces
 from worker.pipeline.edit import KEPT_FINE_LAYERS, EditConfig, remove_double_chin
 from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, invert_wplus, targets_from_rgb
 from worker.pipeline.masks import NeckMasks, SoftMaskConfig, neck_masks, soft_neck_mask
@@ -52,6 +61,8 @@ class EditResult:
     """Intermediate images by name (HxWx3 or HxW uint8), kept when the options ask for debug output."""
     photo_mask: np.ndarray | None = None
     """HxW float32 0..1 in photo pixels: how much of the edit each pixel took (None: nothing was edited)."""
+    inversion: PortraitInversion | None = None
+    """What align and invert found, for re-edits of the same photo (None from pipelines that do not invert)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,9 @@ class StageClock:
         yield
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.milliseconds[stage.value] = round((time.perf_counter() - start) * 1000.0, 1)
+        # Summed: with several faces a stage runs once per face.
+        elapsed = (time.perf_counter() - start) * 1000.0
+        self.milliseconds[stage.value] = round(self.milliseconds.get(stage.value, 0.0) + elapsed, 1)
 
 
 def edit_portrait(
@@ -121,51 +134,181 @@ def edit_portrait(
     return run_pipeline(photo_rgb, options, registry, config, progress)
 
 
+@dataclass(frozen=True)
+class InvertedFace:
+    """What a re-edit of one face reuses: where the face is and its code."""
+
+    index: int
+    """Among the faces found, counted left to right."""
+    landmarks: np.ndarray
+    """68x2 float64 in the pixels of the photo as the faces were found (turned by `quarter_turns`)."""
+    wp: np.ndarray
+    """1 x num_ws x w_dim float32, the inverted code."""
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PortraitInversion:
+    """Everything align and invert found in a photo: a variant (new strength or refine) starts from it."""
+
+    quarter_turns: int
+    """The photo was turned clockwise this many times before its faces were found."""
+    faces_found: int
+    faces: list[InvertedFace]
+    skipped_faces: list[dict[str, Any]]
+
+
 def run_pipeline(
     photo_rgb: np.ndarray,
     options: EditOptions,
     registry: ModelRegistry,
     config: PipelineConfig,
     progress: StageProgress,
+    reuse: PortraitInversion | None = None,
 ) -> EditResult:
+    """Edit the chosen face(s) of an HxWx3 uint8 RGB photo; with `reuse`, skip detection and inversion."""
     G = registry.generator
     clock = StageClock(registry.device)
     report: dict[str, Any] = {"refine": options.refine.value, "device": str(registry.device)}
     debug: dict[str, np.ndarray] = {}
 
+    if reuse is None:
+        state, aligned_faces = find_and_invert(photo_rgb, options, registry, config, progress, clock)
+    else:
+        state = reuse
+        report["reused_inversion"] = True
+        with clock.stage(Stage.ALIGN):
+            # The crop follows from the landmarks alone: no detection, the same pixels as the first time.
+            turned = turned_clockwise(photo_rgb, state.quarter_turns)
+            aligned_faces = [align_face(turned, face.landmarks, G.img_resolution) for face in state.faces]
+    working_photo = turned_clockwise(photo_rgb, state.quarter_turns)
+    debug["aligned"] = aligned_faces[0].image
+    report.update(faces_found=state.faces_found, rotation=90 * state.quarter_turns)
+
+    face_reports, pastes = list(state.skipped_faces), []
+    for face, aligned in zip(state.faces, aligned_faces, strict=True):
+        face_report, paste = edit_face(face, aligned, options, registry, config, progress, clock, debug)
+        face_reports.append(face_report)
+        if paste is not None:
+            pastes.append(paste)
+    report["faces"] = sorted(face_reports, key=lambda entry: entry["index"])
+    if options.face != "all":
+        single = dict(face_reports[-1])
+        report.update(chosen_face=single.pop("index"), **single)
+
+    photo_mask = None
+    with clock.stage(Stage.COMPOSE):
+        progress(Stage.COMPOSE, 0.0)
+        if options.return_kind is ReturnKind.ALIGNED:
+            image = pastes[0].edited_crop if pastes else aligned_faces[0].image
+        elif not pastes:
+            # Nothing to remove (or strength 0): the photo goes back as it came, not re-synthesised.
+            image = photo_rgb
+        else:
+            composed, weights = paste_back_faces(working_photo, pastes)
+            image = turned_clockwise(composed, -state.quarter_turns)
+            photo_mask = turned_clockwise(weights, -state.quarter_turns)
+        progress(Stage.COMPOSE, 1.0)
+    report["timings_ms"] = clock.milliseconds
+    return EditResult(image=image, report=report, debug_images=debug, photo_mask=photo_mask, inversion=state)
+
+
+def find_and_invert(
+    photo_rgb: np.ndarray,
+    options: EditOptions,
+    registry: ModelRegistry,
+    config: PipelineConfig,
+    progress: StageProgress,
+    clock: StageClock,
+) -> tuple[PortraitInversion, list[AlignedFace]]:
+    """Find the faces (turning the photo when none is found upright), align the chosen ones, and invert them
+    as one batch."""
+    G = registry.generator
     with clock.stage(Stage.ALIGN):
         progress(Stage.ALIGN, 0.0)
-        found = find_and_align(photo_rgb, registry.landmarker, options.face, output_size=G.img_resolution)
-        original_crop = found.aligned.image
-        report.update(
-            faces_found=found.faces_found,
-            chosen_face=found.chosen_index,
-            quad=np.round(found.aligned.transform.quad, 2).tolist(),
-        )
-        debug["aligned"] = original_crop
+        faces, quarter_turns = detect_faces_any_rotation(photo_rgb, registry.landmarker)
+        chosen = choose_faces(faces, options.face)
+        working_photo = turned_clockwise(photo_rgb, quarter_turns)
+        face_reports = {
+            index: describe_face(faces[index], index, quarter_turns, working_photo.shape) for index, _ in chosen
+        }
+        skipped = [dict(face_reports[index], skipped=True, reason=reason) for index, reason in chosen if reason]
+        editable = [index for index, reason in chosen if reason is None]
+        aligned_faces = [align_face(working_photo, faces[index].landmarks, G.img_resolution) for index in editable]
 
     with clock.stage(Stage.INVERT):
         progress(Stage.INVERT, 0.0)
         inversion = invert_wplus(
             G,
-            targets_from_rgb([original_crop], registry.device),
+            targets_from_rgb([aligned.image for aligned in aligned_faces], registry.device),
             registry.perceptual,
             config.inversion,
             progress=lambda step, total, _losses: progress(Stage.INVERT, step / total),
         )
-        original_wp = inversion.wp
-        reconstruction = synthesise(G, original_wp, registry.device)
-        report["inversion"] = {
-            "steps": int(inversion.steps_run[0]),
-            "stopped_early": bool(inversion.stopped_early[0]),
-            "final_loss": round(float(inversion.losses[0, inversion.steps_run[0] - 1]), 5),
+    inverted = []
+    for row, index in enumerate(editable):
+        steps = int(inversion.steps_run[row])
+        face_reports[index]["inversion"] = {
+            "steps": steps,
+            "stopped_early": bool(inversion.stopped_early[row]),
+            "final_loss": round(float(inversion.losses[row, steps - 1]), 5),
         }
-        debug["reconstruction"] = reconstruction
+        inverted.append(
+            InvertedFace(index, faces[index].landmarks, inversion.wp[row : row + 1], face_reports[index])
+        )
+    return PortraitInversion(quarter_turns, len(faces), inverted, skipped), aligned_faces
 
+
+def describe_face(
+    face: FaceLandmarks, index: int, quarter_turns: int, turned_shape: tuple[int, ...]
+) -> dict[str, Any]:
+    """The report's entry of one face: its box and FFHQ quad in the photo's own pixels (before any turn)."""
+    box = np.array([[face.box.left, face.box.top], [face.box.right, face.box.bottom]])
+    corners = points_before_turn(box, quarter_turns, turned_shape)
+    left, top = corners.min(axis=0)
+    right, bottom = corners.max(axis=0)
+    quad = points_before_turn(ffhq_quad(face.landmarks), quarter_turns, turned_shape)
+    return {
+        "index": index,
+        "box": [round(float(value), 1) for value in (left, top, right, bottom)],
+        "detection_score": round(float(face.box.score), 4),
+        "eye_to_mouth_px": round(face.eye_to_mouth_px, 1),
+        "quad": np.round(quad, 2).tolist(),
+        "skipped": False,
+    }
+
+
+def points_before_turn(points: np.ndarray, quarter_turns: int, turned_shape: tuple[int, ...]) -> np.ndarray:
+    """Nx2 (x, y) points of an image turned clockwise `quarter_turns` times → the same points in the image
+    before the turn (continuous pixel coordinates, pixel i covering [i, i + 1])."""
+    points = np.asarray(points, dtype=np.float64)
+    height, width = turned_shape[:2]
+    for _ in range(quarter_turns % 4):
+        # Undo one clockwise turn: the turned image's column x was the row (height - x) ... of the one before.
+        points = np.stack([points[:, 1], width - points[:, 0]], axis=1)
+        height, width = width, height
+    return points
+
+
+def edit_face(
+    face: InvertedFace,
+    aligned: AlignedFace,
+    options: EditOptions,
+    registry: ModelRegistry,
+    config: PipelineConfig,
+    progress: StageProgress,
+    clock: StageClock,
+    debug: dict[str, np.ndarray],
+) -> tuple[dict[str, Any], FacePaste | None]:
+    """Edit, mask and refine one inverted face: (its report entry, what to paste, or None when left alone)."""
+    G = registry.generator
+    report = dict(face.report)
+    original_crop = aligned.image
+    landmarks_aligned = landmarks_in_aligned(aligned.transform, face.landmarks)
     with clock.stage(Stage.EDIT):
         progress(Stage.EDIT, 0.0)
         edit = remove_double_chin(
-            original_wp, registry.fine_boundary, config.edit_config(options, G.num_ws), registry.pose_normal
+            face.wp, registry.fine_boundary, config.edit_config(options, G.num_ws), registry.pose_normal
         )
         report.update(
             score_before=round(edit.score_before, 4),
@@ -173,20 +316,18 @@ def run_pipeline(
             alpha=round(edit.alpha, 4),
             no_double_chin_detected=edit.skipped,
         )
+    if "reconstruction" not in debug:
+        debug["reconstruction"] = synthesise(G, face.wp, registry.device)
     if edit.skipped or edit.alpha == 0.0:
-        # Nothing to remove (or strength 0): the photo goes back as it came, not re-synthesised.
-        report["timings_ms"] = clock.milliseconds
-        image = original_crop if options.return_kind is ReturnKind.ALIGNED else photo_rgb
-        return EditResult(image=image, report=report, debug_images=debug)
+        return report, None
 
     with clock.stage(Stage.REFINE):
         progress(Stage.REFINE, 0.0)
         edited_crop = synthesise(G, edit.wp, registry.device)
-        debug["edited"] = edited_crop
-        original_masks = neck_masks(original_crop, found.landmarks_aligned, registry.face_parser, config.soft_mask)
+        original_masks = neck_masks(original_crop, landmarks_aligned, registry.face_parser, config.soft_mask)
         edited_masks = neck_masks(
             edited_crop,
-            landmarks_of_generation(registry.landmarker, edited_crop, found.landmarks_aligned),
+            landmarks_of_generation(registry.landmarker, edited_crop, landmarks_aligned),
             registry.face_parser,
             config.soft_mask,
         )
@@ -194,22 +335,14 @@ def run_pipeline(
         neck_mask = original_masks.neck_mask | edited_masks.neck_mask
         soft_mask = soft_neck_mask(neck_mask, config.soft_mask)
         report["mask_source"] = original_masks.source.value
-        debug["soft_mask"] = np.round(soft_mask * 255).astype(np.uint8)
+        debug.setdefault("edited", edited_crop)
+        debug.setdefault("soft_mask", np.round(soft_mask * 255).astype(np.uint8))
         refined = refine(
-            options.refine, registry, config, original_wp, original_crop, edited_crop,
+            options.refine, registry, config, face.wp, original_crop, edited_crop,
             original_masks, edited_masks, neck_mask, soft_mask,
             lambda step, total, _losses: progress(Stage.REFINE, step / total),
         )  # fmt: skip
-
-    with clock.stage(Stage.COMPOSE):
-        progress(Stage.COMPOSE, 0.0)
-        if options.return_kind is ReturnKind.ALIGNED:
-            image = refined.image
-        else:
-            image = paste_back(photo_rgb, found.aligned.transform, refined.image, soft_mask)
-        progress(Stage.COMPOSE, 1.0)
-    report["timings_ms"] = clock.milliseconds
-    return EditResult(image=image, report=report, debug_images=debug)
+    return report, FacePaste(aligned.transform, refined.image, soft_mask)
 
 
 def refine(
