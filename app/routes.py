@@ -14,11 +14,14 @@ from starlette.datastructures import UploadFile
 
 from app.auth import require_api_key
 from app.errors import ApiError
+from app.idempotency import claim_idempotency_key, idempotency_key_of, release_idempotency_key, request_digest
 from app.schemas import JobAccepted, JobLinks, JobView, Readiness, ResultInfo, WorkerView, timestamp
 from chinfix.errors import describe_validation_errors
 from chinfix.contract import DEBUG_IMAGE_NAMES, EditOptions, ErrorCode, JobStatus
 from chinfix.imaging import ImageLimits, decode_image
+from chinfix.callbacks import CallbackRefused, check_callback_url, schedule_callback
 from chinfix.jobs import JobRecord, JobStore, new_job_id
+from chinfix.settings import Settings
 
 EDIT_JOB_FUNCTION = "worker.jobs.run_edit_job"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -56,8 +59,9 @@ def _edit_request_schema() -> dict:
     openapi_extra=_edit_request_schema(),
     summary="Submit a portrait; the double chin is removed in the background",
 )
-async def submit_edit(request: Request, response: Response) -> JobAccepted:
+async def submit_edit(request: Request, response: Response, tenant: str = Depends(require_api_key)) -> JobAccepted:
     settings = request.app.state.settings
+    idempotency_key = idempotency_key_of(request)
     declared_length = int(request.headers.get("content-length") or 0)
     if declared_length > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise _upload_too_large(settings.max_upload_bytes)
@@ -76,31 +80,91 @@ async def submit_edit(request: Request, response: Response) -> JobAccepted:
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise _upload_too_large(settings.max_upload_bytes)
-    options = parse_options({key: value for key, value in form.items() if key != "image"})
+    fields = {key: value for key, value in form.items() if key != "image"}
+    callback_url = fields.pop("callback_url", None)
+    options = parse_options(fields)
     limits = ImageLimits(max_pixels=settings.max_pixels, min_side=settings.min_side)
     await run_in_threadpool(decode_image, data, limits)
-
-    job_id = new_job_id()
-    store = _store(request)
-    await run_in_threadpool(
-        store.create,
-        job_id,
+    if callback_url is not None:
+        await run_in_threadpool(require_callback_allowed, settings, tenant, str(callback_url))
+    return await run_in_threadpool(
+        queue_job,
+        request,
+        response,
         data,
         options,
-        enqueue=lambda pipe: queue.enqueue_call(
-            EDIT_JOB_FUNCTION,
-            args=(job_id,),
-            job_id=job_id,
-            timeout=settings.job_timeout_seconds,
-            result_ttl=settings.job_ttl_seconds,
-            failure_ttl=settings.job_ttl_seconds,
-            ttl=settings.job_ttl_seconds,
-            pipeline=pipe,
-        ),
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        request_digest=request_digest(data, options, callback_url),
+        callback_url=callback_url,
     )
-    links = _links(request, job_id, [])
+
+
+def queue_job(
+    request: Request,
+    response: Response,
+    data: bytes,
+    options: EditOptions,
+    tenant: str,
+    idempotency_key: str | None,
+    request_digest: str,
+    callback_url: str | None = None,
+    variant_of: str | None = None,
+) -> JobAccepted:
+    """Store and queue a job, or, for an Idempotency-Key this tenant used before on the same request, answer
+    with the job that request created (nothing queued)."""
+    settings = request.app.state.settings
+    queue: Queue = request.app.state.queue
+    store = _store(request)
+    job_id = new_job_id()
+    if idempotency_key is not None:
+        earlier = claim_idempotency_key(store, tenant, idempotency_key, job_id, request_digest)
+        if earlier is not None:
+            return _accepted(request, response, earlier, store.get(earlier))
+    try:
+        store.create(
+            job_id,
+            data,
+            options,
+            enqueue=lambda pipe: queue.enqueue_call(
+                EDIT_JOB_FUNCTION,
+                args=(job_id,),
+                job_id=job_id,
+                timeout=settings.job_timeout_seconds,
+                result_ttl=settings.job_ttl_seconds,
+                failure_ttl=settings.job_ttl_seconds,
+                ttl=settings.job_ttl_seconds,
+                pipeline=pipe,
+            ),
+            tenant=tenant,
+            callback_url=callback_url,
+            callback_base_url=_base_url(request) if callback_url else None,
+            variant_of=variant_of,
+        )
+    except Exception:
+        if idempotency_key is not None:
+            release_idempotency_key(store, tenant, idempotency_key)
+        raise
+    return _accepted(request, response, job_id, None)
+
+
+def _accepted(request: Request, response: Response, job_id: str, record: JobRecord | None) -> JobAccepted:
+    links = _links(_base_url(request), job_id, [])
     response.headers["Location"] = links.self
-    return JobAccepted(id=job_id, status=JobStatus.QUEUED, links=links)
+    return JobAccepted(id=job_id, status=record.status if record else JobStatus.QUEUED, links=links)
+
+
+def require_callback_allowed(settings: Settings, tenant: str, callback_url: str) -> None:
+    if settings.webhook_secret(tenant) is None:
+        raise ApiError(
+            422,
+            ErrorCode.INVALID_CALLBACK_URL,
+            f"No webhook secret is configured for this tenant ({tenant}): set CHINFIX_WEBHOOK_SECRETS.",
+        )
+    try:
+        check_callback_url(callback_url, settings.callback_allow)
+    except CallbackRefused as refused:
+        raise ApiError(422, ErrorCode.INVALID_CALLBACK_URL, refused.message) from None
 
 
 def parse_options(fields: dict[str, object]) -> EditOptions:
@@ -115,7 +179,55 @@ def parse_options(fields: dict[str, object]) -> EditOptions:
 @jobs_router.get("/jobs/{job_id}", response_model=JobView, summary="State, stage, progress and outcome of a job")
 def get_job(job_id: str, request: Request) -> JobView:
     record = _existing_job(request, job_id)
-    return _job_view(request, record)
+    return job_view(record, _base_url(request))
+
+
+VARIANT_FIELDS = ("strength", "refine")
+
+
+@jobs_router.post(
+    "/jobs/{job_id}/variants",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Edit a finished job's photo again with a new strength and/or refine, reusing its inversion",
+)
+async def submit_variant(
+    job_id: str, request: Request, response: Response, tenant: str = Depends(require_api_key)
+) -> JobAccepted:
+    idempotency_key = idempotency_key_of(request)
+    parent = _existing_job(request, job_id)
+    store = _store(request)
+    form = await request.form(max_files=0, max_fields=len(VARIANT_FIELDS) + 1)
+    changes = {key: value for key, value in form.items()}
+    unknown = sorted(set(changes) - set(VARIANT_FIELDS))
+    if unknown:
+        raise ApiError(
+            422, ErrorCode.INVALID_OPTIONS, f"A variant changes only {', '.join(VARIANT_FIELDS)}, not {', '.join(unknown)}."
+        )
+    try:
+        options = EditOptions.model_validate({**parent.options, **changes})
+    except ValidationError as error:
+        raise ApiError(422, ErrorCode.INVALID_OPTIONS, describe_validation_errors(error.errors())) from None
+    data = await run_in_threadpool(store.load_input, job_id)
+    has_inversion = await run_in_threadpool(store.redis.exists, store.keys.job_inversion(job_id))
+    if parent.status is not JobStatus.SUCCEEDED or data is None or not has_inversion:
+        raise ApiError(
+            409,
+            ErrorCode.VARIANT_UNAVAILABLE,
+            f"Job {job_id} is {parent.status} and holds no inversion to reuse; variants need a succeeded job of "
+            "the full pipeline within its TTL.",
+        )
+    return await run_in_threadpool(
+        queue_job,
+        request,
+        response,
+        data,
+        options,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        request_digest=request_digest(data, options, job_id),
+        variant_of=job_id,
+    )
 
 
 @jobs_router.get(
@@ -215,8 +327,12 @@ def _existing_job(request: Request, job_id: str) -> JobRecord:
     if record is None:
         raise _job_not_found(job_id)
     if record.status is JobStatus.QUEUED and _dropped_from_queue(request, job_id):
-        return store.fail_dropped_from_queue(record)
-    return store.fail_if_worker_lost(record)
+        settled = store.fail_dropped_from_queue(record)
+    else:
+        settled = store.fail_if_worker_lost(record)
+    if settled.status is not record.status and settled.callback_url:
+        schedule_callback(store.redis, request.app.state.settings, job_id)
+    return settled
 
 
 def _dropped_from_queue(request: Request, job_id: str) -> bool:
@@ -242,15 +358,16 @@ def _base_url(request: Request) -> str:
     return (configured or str(request.base_url)).rstrip("/")
 
 
-def _links(request: Request, job_id: str, debug_names: list[str]) -> JobLinks:
-    base = f"{_base_url(request)}/jobs/{job_id}"
+def _links(base_url: str, job_id: str, debug_names: list[str]) -> JobLinks:
+    base = f"{base_url}/jobs/{job_id}"
     return JobLinks(
         self=base, result=f"{base}/result", debug={name: f"{base}/debug/{name}" for name in debug_names}
     )
 
 
-def _job_view(request: Request, record: JobRecord) -> JobView:
-    links = _links(request, record.id, record.debug_images)
+def job_view(record: JobRecord, base_url: str) -> JobView:
+    """What GET /jobs/{id} answers and a callback carries; links start at `base_url`."""
+    links = _links(base_url, record.id, record.debug_images)
     result = None
     if record.result is not None:
         result = ResultInfo(url=links.result, **record.result)
@@ -266,5 +383,7 @@ def _job_view(request: Request, record: JobRecord) -> JobView:
         error=record.error,
         result=result,
         report=record.report,
+        callback=record.callback,
+        variant_of=record.variant_of,
         links=links,
     )

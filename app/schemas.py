@@ -55,6 +55,10 @@ class JobView(BaseModel):
     report: dict[str, Any] = Field(
         default_factory=dict, description="what the pipeline found: faces, scores, alpha, mask source, timings"
     )
+    callback: dict[str, Any] | None = Field(
+        None, description="delivery of the callback_url webhook: attempts, last_status, last_error, delivered_at"
+    )
+    variant_of: str | None = Field(None, description="the job whose inversion this variant reuses")
     links: JobLinks
 
 

@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = (
     "chinfix.commands.serve",
     "chinfix.commands.worker",
+    "chinfix.commands.callbacks",
     "chinfix.commands.up",
     "chinfix.commands.models",
     "chinfix.commands.invert",

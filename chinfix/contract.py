@@ -52,6 +52,9 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     QUEUE_FULL = "queue_full"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    INVALID_CALLBACK_URL = "invalid_callback_url"
+    VARIANT_UNAVAILABLE = "variant_unavailable"
     # job errors (the job ends failed)
     NO_FACE = "no_face"
     FACE_NOT_FOUND = "face_not_found"
@@ -141,6 +144,18 @@ class RedisKeys:
 
     def job_debug(self, job_id: str, name: str) -> str:
         return f"{self.prefix}:job:{job_id}:debug:{name}"
+
+    def job_inversion(self, job_id: str) -> str:
+        """What align and invert found (faces, codes): a variant of the job starts from it."""
+        return f"{self.prefix}:job:{job_id}:inversion"
+
+    def job_callback_scheduled(self, job_id: str) -> str:
+        """Set once the job's callback delivery is queued, so a job ending is announced once."""
+        return f"{self.prefix}:job:{job_id}:callback-scheduled"
+
+    def idempotency(self, tenant: str, key_digest: str) -> str:
+        """A tenant's Idempotency-Key (hashed): the job it created and its request's digest."""
+        return f"{self.prefix}:idempotency:{tenant}:{key_digest}"
 
     def job_lease(self, job_id: str) -> str:
         """Refreshed by the worker while it runs the job; its expiry means the worker died."""

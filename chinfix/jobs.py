@@ -66,6 +66,14 @@ class JobRecord:
     result: dict[str, Any] | None = None
     report: dict[str, Any] = field(default_factory=dict)
     debug_images: list[str] = field(default_factory=list)
+    tenant: str = "anonymous"
+    callback_url: str | None = None
+    callback_base_url: str | None = None
+    """The API's base URL when the job was submitted: the links of the job view a callback carries."""
+    callback: dict[str, Any] | None = None
+    """Delivery of the callback so far: attempts, last_status, delivered_at."""
+    variant_of: str | None = None
+    """The job whose inversion this one reuses."""
 
     @classmethod
     def from_hash(cls, job_id: str, fields: dict[bytes, bytes]) -> JobRecord:
@@ -83,6 +91,11 @@ class JobRecord:
             result=values.get("result"),
             report=values.get("report", {}),
             debug_images=values.get("debug_images", []),
+            tenant=values.get("tenant", "anonymous"),
+            callback_url=values.get("callback_url"),
+            callback_base_url=values.get("callback_base_url"),
+            callback=values.get("callback"),
+            variant_of=values.get("variant_of"),
         )
 
 
@@ -109,14 +122,17 @@ class JobStore:
         input_bytes: bytes,
         options: EditOptions,
         enqueue: Callable[[redis.client.Pipeline], object],
+        **origin: str | None,
     ) -> JobRecord:
         """Store the input and a queued record, and queue the job (`enqueue` adds it to the pipeline) in one
-        transaction: a Redis failure leaves neither a record that no worker will take nor a job without input."""
+        transaction: a Redis failure leaves neither a record that no worker will take nor a job without input.
+        `origin`: the record's tenant, callback_url, callback_base_url and variant_of, where given."""
         record = JobRecord(
             id=job_id,
             status=JobStatus.QUEUED,
             options=options.model_dump(mode="json", by_alias=True),
             created_at=now(),
+            **{name: value for name, value in origin.items() if value is not None},
         )
         with self.redis.pipeline() as pipe:
             # First: RQ starts the transaction (MULTI) itself, which must come before any queued command.
@@ -125,7 +141,12 @@ class JobStore:
             pipe.hset(
                 self.keys.job(job_id),
                 mapping=_encode(
-                    {"status": record.status, "options": record.options, "created_at": record.created_at}
+                    {
+                        "status": record.status,
+                        "options": record.options,
+                        "created_at": record.created_at,
+                        **{name: value for name, value in origin.items() if value is not None},
+                    }
                 ),
             )
             pipe.expire(self.keys.job(job_id), self.ttl_seconds)
@@ -271,11 +292,24 @@ class JobStore:
         keys = list(self.redis.scan_iter(match=self.keys.workers_pattern(), count=500))
         return [json.loads(beat) for beat in self.redis.mget(keys) if beat] if keys else []
 
+    def store_inversion(self, job_id: str, data: bytes) -> None:
+        self.redis.set(self.keys.job_inversion(job_id), data, ex=self.ttl_seconds)
+
+    def load_inversion(self, job_id: str) -> bytes | None:
+        return self.redis.get(self.keys.job_inversion(job_id))
+
+    def record_callback_attempt(self, job_id: str, callback: dict[str, Any]) -> None:
+        """Write the callback's delivery state, unless the job expired or was deleted meanwhile."""
+        key = self.keys.job(job_id)
+        if self.redis.exists(key):
+            self.redis.hset(key, "callback", json.dumps(callback))
+
     def delete(self, job_id: str, debug_names: list[str]) -> None:
         self.redis.delete(
             self.keys.job(job_id),
             self.keys.job_input(job_id),
             self.keys.job_result(job_id),
             self.keys.job_lease(job_id),
+            self.keys.job_inversion(job_id),
             *(self.keys.job_debug(job_id, name) for name in debug_names),
         )

@@ -43,6 +43,23 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted width x height, read from the header")
     min_side: int = Field(64, ge=1, description="smallest accepted width or height")
 
+    # webhooks
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="comma-separated `tenant:secret` pairs: the key each tenant's callbacks are signed with "
+        "(`anonymous:secret` when no API keys are configured)",
+    )
+    callback_allow: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated hosts a callback may reach over plain http or at a private address"
+    )
+    callback_timeout_seconds: float = Field(10.0, gt=0, description="how long one callback POST may take")
+    callback_retry_base_seconds: float = Field(
+        15.0, gt=0, description="wait before the first retry of a failed callback; doubled each time (up to 15 min)"
+    )
+    callback_retry_window_seconds: float = Field(
+        3600.0, ge=0, description="failed callbacks are retried until this long after the first attempt"
+    )
+
     # models and compute
     pipeline: str = Field(
         "worker.pipeline.portrait:edit_portrait",
@@ -67,12 +84,24 @@ class Settings(BaseSettings):
     no_chin_threshold: float = Field(0.0, description="a face scoring below this is left unedited")
     fixed_alpha: float | None = Field(None, description="edit with this alpha (the seed used -5) instead of adaptively")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "webhook_secrets", "callback_allow", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
+
+    @property
+    def callback_queue_name(self) -> str:
+        """The RQ queue of webhook deliveries, drained by `chinfix callbacks` (torch-free)."""
+        return f"{self.queue_name}-callbacks"
+
+    def webhook_secret(self, tenant: str) -> str | None:
+        for pair in self.webhook_secrets:
+            name, _, secret = pair.get_secret_value().partition(":")
+            if name == tenant and secret:
+                return secret
+        return None
 
     @property
     def effective_redis_url(self) -> str:

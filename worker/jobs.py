@@ -18,9 +18,11 @@ from chinfix.contract import EditOptions, ErrorCode, OutputFormat
 from chinfix.errors import ChinfixError
 from chinfix.imaging import ImageLimits, decode_image, encode_image
 from chinfix.jobs import JobStore
+from chinfix.callbacks import schedule_callback
 from chinfix.outputs import encode_result
 from worker.progress import ThrottledProgress
 from worker.registry import ModelRegistry, active_registry
+from worker.variants import inversion_from_bytes, inversion_to_bytes
 
 log = logging.getLogger("chinfix.worker")
 
@@ -57,22 +59,30 @@ def run_edit_job(job_id: str) -> None:
         log.info("job %s was deleted or already taken; skipping", job_id)
         return
     with LeaseKeeper(store, job_id):
-        try:
-            edit_and_store(store, job_id, registry)
-        except ChinfixError as error:
-            log.info("job %s failed: %s (%s)", job_id, error.code, error.message)
-            store.fail(job_id, error.code, error.message)
-        except JobTimeoutException:
-            limit = registry.settings.job_timeout_seconds
-            store.fail(job_id, ErrorCode.JOB_TIMEOUT, f"The edit took longer than the {limit} s limit.")
-        except Exception:
-            incident = secrets.token_hex(8)
-            log.exception("job %s hit an internal error, incident %s", job_id, incident)
-            store.fail(
-                job_id,
-                ErrorCode.INTERNAL_ERROR,
-                f"Something went wrong on our side. Quote incident {incident} if it happens again.",
-            )
+        run_and_record(store, job_id, registry)
+    record = store.get(job_id)
+    if record is not None and record.callback_url:
+        schedule_callback(store.redis, registry.settings, job_id)
+
+
+def run_and_record(store: JobStore, job_id: str, registry: ModelRegistry) -> None:
+    """Run the job and leave its record succeeded or failed, whatever happens."""
+    try:
+        edit_and_store(store, job_id, registry)
+    except ChinfixError as error:
+        log.info("job %s failed: %s (%s)", job_id, error.code, error.message)
+        store.fail(job_id, error.code, error.message)
+    except JobTimeoutException:
+        limit = registry.settings.job_timeout_seconds
+        store.fail(job_id, ErrorCode.JOB_TIMEOUT, f"The edit took longer than the {limit} s limit.")
+    except Exception:
+        incident = secrets.token_hex(8)
+        log.exception("job %s hit an internal error, incident %s", job_id, incident)
+        store.fail(
+            job_id,
+            ErrorCode.INTERNAL_ERROR,
+            f"Something went wrong on our side. Quote incident {incident} if it happens again.",
+        )
 
 
 def edit_and_store(store: JobStore, job_id: str, registry: ModelRegistry) -> None:
@@ -85,7 +95,18 @@ def edit_and_store(store: JobStore, job_id: str, registry: ModelRegistry) -> Non
     started = time.perf_counter()
     photo = decode_image(data, ImageLimits(max_pixels=settings.max_pixels, min_side=settings.min_side))
     progress = ThrottledProgress(lambda stage, value: store.report_progress(job_id, stage, value))
-    result = registry.edit_portrait(photo.rgb, options, registry, progress)
+    if record.variant_of:
+        reused = store.load_inversion(record.variant_of)
+        if reused is None:
+            raise ChinfixError(
+                ErrorCode.VARIANT_UNAVAILABLE,
+                f"The inversion of job {record.variant_of} expired or was deleted; submit the photo again.",
+            )
+        result = registry.edit_portrait(photo.rgb, options, registry, progress, reuse=inversion_from_bytes(reused))
+    else:
+        result = registry.edit_portrait(photo.rgb, options, registry, progress)
+    if result.inversion is not None:
+        store.store_inversion(job_id, inversion_to_bytes(result.inversion))
     encoded = encode_result(result.image, result.photo_mask, photo, data, options)
     debug_images = {name: encode_image(image, OutputFormat.PNG) for name, image in result.debug_images.items()}
     report = dict(result.report, output=encoded.details, total_ms=round((time.perf_counter() - started) * 1000.0, 1))

@@ -1,4 +1,5 @@
-"""`chinfix up`: Redis (embedded unless CHINFIX_REDIS_URL is set), the API and one worker, on this machine."""
+"""`chinfix up`: Redis (embedded unless CHINFIX_REDIS_URL is set), the API, one worker and the webhook deliverer,
+on this machine."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def up(args: argparse.Namespace) -> int:
     children = [
         subprocess.Popen([*chinfix, "serve"], env=env),
         subprocess.Popen([*chinfix, "worker"], env=env),
+        subprocess.Popen([*chinfix, "callbacks"], env=env),
     ]
     print(f"chinfix: Redis at {redis_url}{' (embedded)' if embedded else ''}", flush=True)
     print(f"chinfix: API on http://{settings.host}:{settings.port}  (docs: /docs)", flush=True)

@@ -126,12 +126,17 @@ class StageClock:
 
 
 def edit_portrait(
-    photo_rgb: np.ndarray, options: EditOptions, registry: ModelRegistry, progress: StageProgress
+    photo_rgb: np.ndarray,
+    options: EditOptions,
+    registry: ModelRegistry,
+    progress: StageProgress,
+    reuse: PortraitInversion | None = None,
 ) -> EditResult:
-    """Remove the double chin of one face in an HxWx3 uint8 RGB photo, using the registry's models."""
+    """Remove the double chin of the chosen face(s) in an HxWx3 uint8 RGB photo, using the registry's models;
+    with `reuse` (an earlier job's inversion of the same photo), without aligning and inverting again."""
     registry.require_complete()
     config = PipelineConfig.from_settings(registry.settings)
-    return run_pipeline(photo_rgb, options, registry, config, progress)
+    return run_pipeline(photo_rgb, options, registry, config, progress, reuse)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""Webhook delivery, run by `chinfix callbacks` (an RQ worker on the callbacks queue; no torch).
+
+One attempt per RQ job: POST the job view, record the outcome on the job, and on a non-2xx answer, a timeout or
+a refused address queue the next attempt after the next backoff delay (RQ's scheduler holds it until then).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+
+from rq import get_current_job
+
+from app.routes import job_view
+from chinfix.callbacks import (
+    JOB_ID_HEADER,
+    SIGNATURE_HEADER,
+    CallbackRefused,
+    check_callback_url,
+    queue_delivery,
+    retry_delays,
+    signature_header,
+)
+from chinfix.jobs import JobStore
+from chinfix.settings import Settings
+
+log = logging.getLogger("chinfix.callbacks")
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would lead the POST to an address nobody checked: it counts as a failed attempt instead."""
+
+    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003 - urllib's signature
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
+def deliver_callback(job_id: str, attempt: int) -> None:
+    settings = Settings()
+    connection = get_current_job().connection
+    store = JobStore.from_settings(settings, connection)
+    record = store.get(job_id)
+    if record is None or not record.callback_url:
+        return
+    secret = settings.webhook_secret(record.tenant)
+    body = job_view(record, record.callback_base_url or settings.public_url or "").model_dump_json().encode()
+    status, error = None, None
+    if secret is None:
+        error = f"no webhook secret is configured for tenant {record.tenant}"
+    else:
+        status, error = post_signed(record.callback_url, body, job_id, secret, settings)
+    delivered = status is not None and 200 <= status < 300
+    callback = {
+        "attempts": attempt,
+        "last_status": status,
+        "last_error": error,
+        "delivered_at": datetime.now(tz=UTC).isoformat() if delivered else None,
+    }
+    delays = retry_delays(settings.callback_retry_base_seconds, settings.callback_retry_window_seconds)
+    if not delivered and secret is not None and attempt <= len(delays):
+        callback["next_attempt_in_s"] = delays[attempt - 1]
+        queue_delivery(connection, settings, job_id, attempt + 1, delays[attempt - 1])
+    store.record_callback_attempt(job_id, callback)
+    log.info("callback of job %s, attempt %d: %s", job_id, attempt, status or error)
+
+
+def post_signed(url: str, body: bytes, job_id: str, secret: str, settings: Settings) -> tuple[int | None, str | None]:
+    """(HTTP status or None, why there is none)."""
+    try:
+        check_callback_url(url, settings.callback_allow)
+    except CallbackRefused as refused:
+        return None, refused.message
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "chinfix-webhooks",
+            JOB_ID_HEADER: job_id,
+            SIGNATURE_HEADER: signature_header(secret, int(time.time()), body),
+        },
+    )
+    try:
+        with _OPENER.open(request, timeout=settings.callback_timeout_seconds) as response:
+            return response.status, None
+    except urllib.error.HTTPError as answer:
+        return answer.code, None
+    except (urllib.error.URLError, TimeoutError, OSError) as failure:
+        return None, str(getattr(failure, "reason", failure))

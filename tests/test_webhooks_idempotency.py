@@ -1,0 +1,240 @@
+"""Signed webhooks to a real HTTP receiver, Idempotency-Key, and variants, through the real API and workers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from chinfix.callbacks import retry_delays, signature_header
+from tests.conftest import remove_namespace
+from tests.service_harness import PORTRAITS, RunningProcess, api_and_worker, start_api, start_worker, wait_for_job
+from tests.service_inputs import jpeg_bytes
+from tests.photo_files import smooth_rgb
+from tests.test_pipeline_service import FEW_STEPS
+from tests.tiny_models import build_tiny_model_store
+
+SECRET = "whsec-test-0123456789"
+STUB = {"CHINFIX_PIPELINE": "tests.stub_pipeline:darken_neck_box"}
+
+
+def verify_signature(header: str, body: bytes, secret: str, tolerance_s: int = 300) -> bool:
+    """What a receiver runs (the README's snippet): recompute the HMAC of "<t>.<body>", compare in constant
+    time, refuse old timestamps."""
+    fields = dict(part.split("=", 1) for part in header.split(","))
+    timestamp = int(fields["t"])
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - timestamp) <= tolerance_s
+
+
+class Receiver:
+    """A loopback HTTP server that answers the given statuses in turn and records what it received."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), body))
+                status = receiver.statuses[min(len(receiver.received), len(receiver.statuses)) - 1]
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/chinfix"
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.received) >= count, f"{len(self.received)} deliveries, expected {count}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook_env(isolated_env: dict[str, str], redis_url: str) -> Iterator[dict[str, str]]:
+    env = {
+        **isolated_env,
+        **STUB,
+        "CHINFIX_WEBHOOK_SECRETS": f"anonymous:{SECRET}",
+        "CHINFIX_CALLBACK_ALLOW": "127.0.0.1",
+        "CHINFIX_CALLBACK_RETRY_BASE_SECONDS": "1",
+        "CHINFIX_CALLBACK_RETRY_WINDOW_SECONDS": "2",
+    }
+    yield env
+    remove_namespace(redis.Redis.from_url(redis_url), f"{isolated_env['CHINFIX_QUEUE_NAME']}-callbacks")
+
+
+def submit(base_url: str, data: bytes, headers: dict[str, str] | None = None, **fields: str) -> httpx.Response:
+    return httpx.post(f"{base_url}/edit", files={"image": ("photo.jpg", data)}, data=fields, headers=headers, timeout=30)
+
+
+def test_retry_delays_double_within_the_window() -> None:
+    assert retry_delays(15, 3600) == [15, 30, 60, 120, 240, 480, 900, 900]
+    assert sum(retry_delays(15, 3600)) <= 3600 < sum(retry_delays(15, 3600)) + 900
+    assert retry_delays(1, 2) == [1]
+
+
+def test_a_webhook_fails_then_is_retried_and_signed(webhook_env: dict[str, str], tmp_path: Path) -> None:
+    receiver = Receiver([500, 200])
+    deliverer = RunningProcess([sys.executable, "-m", "chinfix.cli", "callbacks"], webhook_env, tmp_path / "callbacks.log")
+    try:
+        with api_and_worker(webhook_env, tmp_path) as (base_url, worker):
+            response = submit(base_url, jpeg_bytes(smooth_rgb(120, 160)), callback_url=receiver.url)
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            receiver.wait_for(2)
+            for headers, body in receiver.received:
+                assert headers["Chinfix-Job-Id"] == job_id
+                assert verify_signature(headers["Chinfix-Signature"], body, SECRET)
+                assert not verify_signature(headers["Chinfix-Signature"], body, "another-secret")
+                view = json.loads(body)
+                assert view["id"] == job_id and view["status"] == "succeeded"
+                assert view["links"]["result"].startswith(base_url)
+            first, second = (json.loads(body) for _, body in receiver.received)
+            assert first["callback"] is None and second["callback"]["last_status"] == 500
+            deadline = time.monotonic() + 10
+            while (callback := httpx.get(f"{base_url}/jobs/{job_id}").json()["callback"])["attempts"] < 2:
+                assert time.monotonic() < deadline, callback
+                time.sleep(0.1)
+            assert callback["last_status"] == 200 and callback["delivered_at"] is not None, callback
+            time.sleep(1.5)
+            assert len(receiver.received) == 2, "a delivered webhook is not sent again"
+    finally:
+        deliverer.stop()
+        receiver.close()
+    assert "Traceback" not in deliverer.output()
+
+
+def test_a_webhook_that_keeps_failing_stops_after_the_window(webhook_env: dict[str, str], tmp_path: Path) -> None:
+    receiver = Receiver([503])
+    deliverer = RunningProcess([sys.executable, "-m", "chinfix.cli", "callbacks"], webhook_env, tmp_path / "callbacks.log")
+    try:
+        with api_and_worker(webhook_env, tmp_path) as (base_url, _):
+            job_id = submit(base_url, jpeg_bytes(smooth_rgb(120, 160)), callback_url=receiver.url).json()["id"]
+            receiver.wait_for(2)
+            time.sleep(2.5)
+            assert len(receiver.received) == 2, "window 2 s, base 1 s: one retry only"
+            callback = httpx.get(f"{base_url}/jobs/{job_id}").json()["callback"]
+            assert callback["attempts"] == 2 and callback["last_status"] == 503 and callback["delivered_at"] is None
+    finally:
+        deliverer.stop()
+        receiver.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3/hook",  # plain http to a host not allowed
+        "https://10.1.2.3/hook",  # private
+        "https://169.254.169.254/latest/meta-data",  # link-local: the cloud metadata service
+        "https://[::1]/hook",  # loopback
+        "ftp://example.com/hook",
+    ],
+)
+def test_callback_urls_into_private_networks_are_refused(webhook_env: dict[str, str], tmp_path: Path, url: str) -> None:
+    api, base_url = start_api(webhook_env, tmp_path)
+    try:
+        response = submit(base_url, jpeg_bytes(smooth_rgb(120, 160)), callback_url=url)
+        assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_callback_url", response.text
+    finally:
+        api.stop()
+
+
+def test_a_callback_needs_the_tenants_webhook_secret(isolated_env: dict[str, str], api_server: str) -> None:
+    response = submit(api_server, jpeg_bytes(smooth_rgb(120, 160)), callback_url="https://example.com/hook")
+    assert response.status_code == 422 and "CHINFIX_WEBHOOK_SECRETS" in response.json()["error"]["message"]
+
+
+def test_idempotency_key_returns_the_first_job_per_tenant(isolated_env: dict[str, str], tmp_path: Path, redis_url: str) -> None:
+    env = {**isolated_env, "CHINFIX_API_KEYS": "acme:key-acme,globex:key-globex"}
+    api, base_url = start_api(env, tmp_path)
+    acme = {"Authorization": "Bearer key-acme", "Idempotency-Key": "upload-42"}
+    globex = {"Authorization": "Bearer key-globex", "Idempotency-Key": "upload-42"}
+    photo = jpeg_bytes(smooth_rgb(120, 160))
+    try:
+        first = submit(base_url, photo, acme, strength="1")
+        again = submit(base_url, photo, acme, strength="1.0")
+        assert first.status_code == again.status_code == 202
+        assert again.json()["id"] == first.json()["id"] and again.headers["Location"] == first.headers["Location"]
+        queue_length = redis.Redis.from_url(redis_url).llen(f"rq:queue:{isolated_env['CHINFIX_QUEUE_NAME']}")
+        assert queue_length == 1, "the retry queued nothing"
+
+        conflict = submit(base_url, photo, acme, strength="0.5")
+        assert conflict.status_code == 422 and conflict.json()["error"]["code"] == "idempotency_conflict"
+
+        other_tenant = submit(base_url, photo, globex, strength="1")
+        assert other_tenant.status_code == 202 and other_tenant.json()["id"] != first.json()["id"]
+        without_key = submit(base_url, photo, {"Authorization": "Bearer key-acme"})
+        assert without_key.status_code == 202 and without_key.json()["id"] != first.json()["id"]
+    finally:
+        api.stop()
+
+
+@pytest.mark.skipif(len(PORTRAITS) < 6, reason="the seed portraits are not beside the checkout")
+def test_a_variant_reuses_the_inversion(isolated_env: dict[str, str], api_server: str, tmp_path: Path) -> None:
+    build_tiny_model_store(Path(isolated_env["CHINFIX_MODEL_DIR"]))
+    worker = start_worker({**isolated_env, **FEW_STEPS}, tmp_path)
+    try:
+        response = submit(api_server, PORTRAITS[5].read_bytes(), refine="warp")
+        first = wait_for_job(api_server, response.json()["id"], {"succeeded", "failed"})
+        assert first["status"] == "succeeded", (first, worker.output())
+
+        variant_response = httpx.post(
+            f"{api_server}/jobs/{first['id']}/variants", data={"strength": "0.5", "refine": "none"}, timeout=30
+        )
+        assert variant_response.status_code == 202, variant_response.text
+        variant = wait_for_job(api_server, variant_response.json()["id"], {"succeeded", "failed"})
+        assert variant["status"] == "succeeded", (variant, worker.output())
+        assert variant["variant_of"] == first["id"] and variant["report"]["reused_inversion"] is True
+        assert variant["options"]["strength"] == 0.5 and variant["options"]["refine"] == "none"
+        assert "invert" not in variant["report"]["timings_ms"] and "invert" in first["report"]["timings_ms"]
+        assert variant["report"]["score_before"] == first["report"]["score_before"], "the same code"
+        assert variant["report"]["alpha"] == pytest.approx(first["report"]["alpha"] / 2, abs=1e-3)
+        assert variant["report"]["quad"] == first["report"]["quad"]
+
+        bad = httpx.post(f"{api_server}/jobs/{first['id']}/variants", data={"face": "0"}, timeout=30)
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_options"
+    finally:
+        worker.stop()
+
+
+def test_a_variant_needs_a_finished_inversion(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    with api_and_worker({**isolated_env, **STUB}, tmp_path) as (base_url, _):
+        job_id = submit(base_url, jpeg_bytes(smooth_rgb(120, 160))).json()["id"]
+        assert wait_for_job(base_url, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+        # The stub pipeline inverts nothing, so there is nothing to reuse.
+        response = httpx.post(f"{base_url}/jobs/{job_id}/variants", data={"strength": "0.3"}, timeout=30)
+        assert response.status_code == 409 and response.json()["error"]["code"] == "variant_unavailable"
+        missing = httpx.post(f"{base_url}/jobs/{'0' * 32}/variants", data={"strength": "0.3"}, timeout=30)
+        assert missing.status_code == 404
+
+
+def test_signature_header_is_the_hmac_of_timestamp_and_body() -> None:
+    header = signature_header("k", 1700000000, b'{"id":"x"}')
+    expected = hmac.new(b"k", b'1700000000.{"id":"x"}', hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={expected}"
