@@ -205,17 +205,21 @@ def test_a_variant_reuses_the_inversion(isolated_env: dict[str, str], api_server
         assert first["status"] == "succeeded", (first, worker.output())
 
         variant_response = httpx.post(
-            f"{api_server}/jobs/{first['id']}/variants", data={"strength": "0.5", "refine": "none"}, timeout=30
+            f"{api_server}/jobs/{first['id']}/variants", data={"strength": "0.5"}, timeout=30
         )
         assert variant_response.status_code == 202, variant_response.text
         variant = wait_for_job(api_server, variant_response.json()["id"], {"succeeded", "failed"})
         assert variant["status"] == "succeeded", (variant, worker.output())
         assert variant["variant_of"] == first["id"] and variant["report"]["reused_inversion"] is True
-        assert variant["options"]["strength"] == 0.5 and variant["options"]["refine"] == "none"
+        assert variant["options"]["strength"] == 0.5 and variant["options"]["refine"] == "warp"
         assert "invert" not in variant["report"]["timings_ms"] and "invert" in first["report"]["timings_ms"]
-        assert variant["report"]["score_before"] == first["report"]["score_before"], "the same code"
+        assert variant["report"]["score_before"] == first["report"]["score_before"], "the same code, the same layers"
         assert variant["report"]["alpha"] == pytest.approx(first["report"]["alpha"] / 2, abs=1e-3)
         assert variant["report"]["quad"] == first["report"]["quad"]
+
+        refined_otherwise = httpx.post(f"{api_server}/jobs/{first['id']}/variants", data={"refine": "none"}, timeout=30)
+        other = wait_for_job(api_server, refined_otherwise.json()["id"], {"succeeded", "failed"})
+        assert other["status"] == "succeeded" and other["report"]["refine"] == "none", other
 
         bad = httpx.post(f"{api_server}/jobs/{first['id']}/variants", data={"face": "0"}, timeout=30)
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_options"
