@@ -41,7 +41,7 @@ def test_compose_file_parses_with_redis_api_and_a_gpu_worker() -> None:
             ["docker-compose", "config", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout
 
-    assert set(compose("--services").split()) == {"redis", "api", "worker"}
+    assert set(compose("--services").split()) == {"redis", "api", "callbacks", "worker"}
     assert set(compose("--volumes").split()) == {"models", "redis-data"}
     resolved = compose()
     assert "driver: nvidia" in resolved and "- gpu" in resolved
