@@ -56,7 +56,8 @@ def test_accepted_job_shape(api_server: str, portrait_bytes: bytes) -> None:
     job = httpx.get(body["links"]["self"]).json()
     assert job["status"] == "queued" and job["stage"] is None and job["progress"] == 0
     assert job["options"] == {
-        "strength": 0.5, "refine": "warp", "face": 0, "output": "png", "quality": 95, "return": "photo", "debug": False
+        "strength": 0.5, "refine": "warp", "face": 0, "output": "png", "quality": 95, "return": "photo", "debug": False,
+        "strip_metadata": False,
     }
     assert job["error"] is None and job["result"] is None and job["created_at"]
     second = post_edit(api_server, portrait_bytes).json()
