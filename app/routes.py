@@ -87,16 +87,9 @@ async def submit_edit(request: Request, response: Response, tenant: str = Depend
     await run_in_threadpool(decode_image, data, limits)
     if callback_url is not None:
         await run_in_threadpool(require_callback_allowed, settings, tenant, str(callback_url))
+    digest = request_digest(data, options, callback_url)
     return await run_in_threadpool(
-        queue_job,
-        request,
-        response,
-        data,
-        options,
-        tenant=tenant,
-        idempotency_key=idempotency_key,
-        request_digest=request_digest(data, options, callback_url),
-        callback_url=callback_url,
+        queue_job, request, response, data, options, tenant, idempotency_key, digest, callback_url=callback_url
     )
 
 
@@ -168,7 +161,7 @@ def require_callback_allowed(settings: Settings, tenant: str, callback_url: str)
 
 
 def parse_options(fields: dict[str, object]) -> EditOptions:
-    if not all(isinstance(value, str) for value in fields.values()):
+    if any(isinstance(value, UploadFile) for value in fields.values()):
         raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Only the field 'image' may be a file.")
     try:
         return EditOptions.model_validate(fields)
@@ -204,10 +197,7 @@ async def submit_variant(
         raise ApiError(
             422, ErrorCode.INVALID_OPTIONS, f"A variant changes only {', '.join(VARIANT_FIELDS)}, not {', '.join(unknown)}."
         )
-    try:
-        options = EditOptions.model_validate({**parent.options, **changes})
-    except ValidationError as error:
-        raise ApiError(422, ErrorCode.INVALID_OPTIONS, describe_validation_errors(error.errors())) from None
+    options = parse_options({**parent.options, **changes})
     data = await run_in_threadpool(store.load_input, job_id)
     has_inversion = await run_in_threadpool(store.redis.exists, store.keys.job_inversion(job_id))
     if parent.status is not JobStatus.SUCCEEDED or data is None or not has_inversion:
@@ -217,16 +207,9 @@ async def submit_variant(
             f"Job {job_id} is {parent.status} and holds no inversion to reuse; variants need a succeeded job of "
             "the full pipeline within its TTL.",
         )
+    digest = request_digest(data, options, job_id)
     return await run_in_threadpool(
-        queue_job,
-        request,
-        response,
-        data,
-        options,
-        tenant=tenant,
-        idempotency_key=idempotency_key,
-        request_digest=request_digest(data, options, job_id),
-        variant_of=job_id,
+        queue_job, request, response, data, options, tenant, idempotency_key, digest, variant_of=job_id
     )
 
 

@@ -35,6 +35,11 @@ def face_choice(text: str) -> str | int:
     raise argparse.ArgumentTypeError(f"expected 'largest' or a face index 0, 1, ... (left to right), not {text!r}")
 
 
+def face_choice_or_all(text: str) -> str | int:
+    """An argparse type: 'all' (every face), 'largest' or a face index counted left to right."""
+    return text if text == "all" else face_choice(text)
+
+
 def print_error_body(code: ErrorCode | str, message: str) -> int:
     """Print the service's error body on stdout, for scripts; the command's exit status is 2."""
     print(json.dumps({"error": {"code": code, "message": message}}))

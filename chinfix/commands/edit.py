@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from chinfix.commands.arguments import face_choice, image_output_path, output_format_of, print_error_body
+from chinfix.commands.arguments import face_choice_or_all, image_output_path, output_format_of, print_error_body
 from chinfix.contract import EditOptions, ErrorCode, OutputFormat, RefineMethod, ReturnKind
 
 
@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--refine", choices=[method.value for method in RefineMethod], default="diffuse")
     parser.add_argument("--strength", type=float, default=1.0, help="0..1 (default 1)")
-    parser.add_argument("--face", type=face_choice, default="largest", help="'largest' or a face index, left to right")
+    parser.add_argument(
+        "--face", type=face_choice_or_all, default="largest", help="'largest', 'all' or a face index, left to right"
+    )
     parser.add_argument("--return", dest="return_kind", choices=[kind.value for kind in ReturnKind], default="photo")
     parser.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
     parser.add_argument("--debug-dir", type=Path, help="also write the intermediate images here")
