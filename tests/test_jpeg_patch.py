@@ -132,3 +132,30 @@ def test_heic_is_decoded_and_answered_as_jpeg_under_auto() -> None:
     result = encode_result(photo.rgb, None, photo, b"", EditOptions())
     assert result.content_type == "image/jpeg"
     assert Image.open(io.BytesIO(result.data)).info.get("icc_profile") == profile
+
+
+@pytest.mark.parametrize(
+    "save_args",
+    [{"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2, "progressive": True}, {"subsampling": 2, "optimize": True}],
+    ids=["4:4:4", "4:2:2", "progressive", "optimised-huffman"],
+)
+def test_other_sampling_layouts_and_progressive_files(save_args: dict) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_rgb(200, 300)).save(buffer, format="JPEG", quality=80, **save_args)
+    original = buffer.getvalue()
+    photo = decode_image(original, LIMITS)
+    edited = photo.rgb.copy()
+    edited[50:90, 100:150] //= 2
+    result = encode_result(edited, None, photo, original, EditOptions())
+    changed = np.zeros(edited.shape[:2], bool)
+    changed[50:90, 100:150] = True
+    assert_blocks_kept(original, result.data, changed)
+
+
+def test_a_cmyk_jpeg_is_encoded_whole_and_says_why() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_rgb(120, 160)).convert("CMYK").save(buffer, format="JPEG", quality=90)
+    photo = decode_image(buffer.getvalue(), LIMITS)
+    result = encode_result(photo.rgb, None, photo, buffer.getvalue(), EditOptions())
+    assert result.content_type == "image/jpeg" and result.details["jpeg"]["blocks_kept"] is False
+    assert "JCS_CMYK" in result.details["jpeg"]["reason"]
