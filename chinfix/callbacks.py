@@ -61,7 +61,7 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> None:
         raise CallbackRefused(f"callback_url must be an absolute https URL, not {url!r}.")
     allowed = host in {name.lower() for name in allowed_hosts}
     if parts.scheme == "http" and not allowed:
-        raise CallbackRefused(f"callback_url must use https; plain http only to hosts in CHINFIX_CALLBACK_ALLOW.")
+        raise CallbackRefused("callback_url must use https; plain http only to hosts in CHINFIX_CALLBACK_ALLOW.")
     if allowed:
         return
     try:
