@@ -54,8 +54,8 @@ def import_function(path: str) -> Callable[..., Any]:
 class ModelRegistry:
     """Every model a worker uses, loaded once. A model whose files are absent is None and named in `missing`.
 
-    The face parser and the pose boundary are optional (the pipeline falls back to a landmark neck mask and
-    plain editing); everything else is required for an edit.
+    The face parser is optional (the pipeline falls back to a landmark neck mask); the pose boundary is loaded,
+    and required, only with CHINFIX_CONDITION_POSE (off, as in the seed); everything else is required for an edit.
     """
 
     settings: Settings
@@ -105,7 +105,8 @@ class ModelRegistry:
             LANDMARK_MODELS[backend], lambda *paths: load_landmarker(backend, self.store, str(self.device))
         )
         self.face_parser = self._load((FACE_PARSING,), lambda path: load_bisenet(path, self.device), optional=True)
-        self.pose_normal = self._load((POSE_BOUNDARY,), load_pose_normal, optional=True)
+        if self.settings.condition_pose:
+            self.pose_normal = self._load((POSE_BOUNDARY,), load_pose_normal)
 
     def _load(self, names: tuple[str, ...], loader: Callable[..., Any], optional: bool = False) -> Any | None:
         absent = self.store.missing(list(names))

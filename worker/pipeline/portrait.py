@@ -57,9 +57,7 @@ class PipelineConfig:
     """The tunable parts of every stage, built from the settings once per job."""
 
     inversion: InversionConfig = INVERSION_PRESETS["fast"]
-    edit_margin: float = 1.0
-    no_chin_threshold: float = 0.0
-    fixed_alpha: float | None = None
+    edit: EditConfig = EditConfig()
     diffuse: DiffuseConfig = DiffuseConfig()
     warp: WarpConfig = WarpConfig()
     soft_mask: SoftMaskConfig = SoftMaskConfig()
@@ -71,9 +69,7 @@ class PipelineConfig:
             inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
             inversion=inversion,
-            edit_margin=settings.edit_margin,
-            no_chin_threshold=settings.no_chin_threshold,
-            fixed_alpha=settings.fixed_alpha,
+            edit=EditConfig.from_settings(settings, strength=1.0, keep_layers=KEPT_FINE_LAYERS),
             diffuse=DiffuseConfig(
                 steps=settings.diffuse_steps,
                 learning_rate=settings.diffuse_lr,
@@ -85,13 +81,7 @@ class PipelineConfig:
         """Style layers past the generator's own count are dropped, so small test generators edit too."""
         keep = WARP_KEPT_LAYERS if options.refine is RefineMethod.WARP else KEPT_FINE_LAYERS
         keep = tuple(layer for layer in keep if layer < num_ws)
-        return EditConfig(
-            strength=options.strength,
-            margin=self.edit_margin,
-            no_chin_threshold=self.no_chin_threshold,
-            fixed_alpha=self.fixed_alpha,
-            keep_layers=keep,
-        )
+        return replace(self.edit, strength=options.strength, keep_layers=keep)
 
 
 class StageClock:
