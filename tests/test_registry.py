@@ -31,11 +31,14 @@ def test_a_complete_store_loads_every_model(tmp_path: Path) -> None:
 
 def test_an_empty_store_names_every_required_model(tmp_path: Path) -> None:
     registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu"))
-    assert registry.missing == ["stylegan2_ffhq", "fine_boundary", "fine_intercept", "vgg16_imagenet", "lpips_vgg_lin"]
+    assert registry.missing == [
+        "stylegan2_ffhq", "fine_boundary", "fine_intercept", "vgg16_imagenet", "lpips_vgg_lin", "vgg16_perceptual"
+    ]
     with pytest.raises(PipelineError) as raised:
         registry.require_complete()
     assert raised.value.code == "model_missing"
-    assert "chinfix models pull stylegan2_ffhq fine_boundary fine_intercept vgg16_imagenet lpips_vgg_lin" in raised.value.message
+    pull = "chinfix models pull stylegan2_ffhq fine_boundary fine_intercept vgg16_imagenet lpips_vgg_lin vgg16_perceptual"
+    assert pull in raised.value.message
 
 
 def test_an_unreadable_file_is_missing_with_its_reason(tmp_path: Path) -> None:

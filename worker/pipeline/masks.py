@@ -107,13 +107,15 @@ class NeckMasks:
     """The neck mask stage's result.
 
     neck_mask: SxS bool; soft_mask: SxS float32 in [0, 1] (1 on the neck); face_region: SxS bool
-    (face skin and features, the warp's contour source); class_map_512: the parser's 512x512 uint8
-    classes (None for the fallback); source: where they came from.
+    (face skin and features) and neck_region: SxS bool (the parser's neck class, or the fallback's neck
+    region), the warp's contour sources; source: where they came from; class_map_512: the parser's
+    512x512 uint8 classes (None for the fallback).
     """
 
     neck_mask: np.ndarray
     soft_mask: np.ndarray
     face_region: np.ndarray
+    neck_region: np.ndarray
     source: MaskSource
     class_map_512: np.ndarray | None = None
 
@@ -283,8 +285,15 @@ def neck_mask_from_landmarks(
     hard_config: HardMaskConfig = HardMaskConfig(),
 ) -> np.ndarray:
     """SxSx3 uint8 RGB + 68x2 aligned-crop landmarks → SxS bool neck mask, through the seed's 512 px steps."""
-    side = aligned_rgb.shape[0]
     region = neck_or_low_skin_from_landmarks(aligned_rgb, landmarks68, config)
+    return hard_mask_from_landmark_region(region, landmarks68, config, hard_config)
+
+
+def hard_mask_from_landmark_region(
+    region: np.ndarray, landmarks68: np.ndarray, config: LandmarkMaskConfig, hard_config: HardMaskConfig
+) -> np.ndarray:
+    """The fallback's SxS bool region → the seed's 512 px steps (jaw lifted as in the region) → SxS bool."""
+    side = region.shape[0]
     region_512 = cv2.resize(region.astype(np.uint8), (PARSE_SIDE, PARSE_SIDE), interpolation=cv2.INTER_NEAREST) > 0
     jaw_512 = jaw_polygon(lifted_jaw(landmarks68, side, config) * PARSE_SIDE / side, region_512.shape)
     return upsample_mask(seed_hard_mask_512(region_512, jaw_512, hard_config), side)
@@ -332,7 +341,10 @@ def neck_masks(
             hard_512 = seed_hard_mask_512(region, jaw_polygon(landmarks_512, class_map.shape), hard_config)
             neck = upsample_mask(hard_512, side)
             face_region = upsample_mask(face_region_from_parsing(class_map), side)
-            return NeckMasks(neck, soft_neck_mask(neck, soft_config), face_region, MaskSource.PARSING, class_map)
-    neck = neck_mask_from_landmarks(aligned_rgb, landmarks68, landmark_config, hard_config)
+            neck_region = upsample_mask(neck_mask_from_parsing(class_map), side)
+            soft = soft_neck_mask(neck, soft_config)
+            return NeckMasks(neck, soft, face_region, neck_region, MaskSource.PARSING, class_map)
+    region = neck_or_low_skin_from_landmarks(aligned_rgb, landmarks68, landmark_config)
+    neck = hard_mask_from_landmark_region(region, landmarks68, landmark_config, hard_config)
     face_region = face_region_from_landmarks(landmarks68, aligned_rgb.shape[:2])
-    return NeckMasks(neck, soft_neck_mask(neck, soft_config), face_region, MaskSource.LANDMARKS)
+    return NeckMasks(neck, soft_neck_mask(neck, soft_config), face_region, region, MaskSource.LANDMARKS)
