@@ -244,7 +244,8 @@ def test_hard_mask_cuts_the_jaw_and_dilates_as_the_seed_does() -> None:
     speck = np.zeros_like(region)
     speck[5:10, 5:10] = True
     warp = seed_hard_mask_512(region | speck, jaw, WARP_HARD_MASK)
-    assert not warp[:20, :20].any() and warp.sum() > 800  # blobs under 800 px are dropped
+    assert not warp[:20, :20].any() and warp.sum() > 800  # the seed's 800 voxels over 3 channels: 267 px
+    assert WARP_HARD_MASK.min_blob_area == 267
     only_specks = seed_hard_mask_512(speck, np.zeros_like(jaw), HardMaskConfig(dilate=0, min_blob_area=800))
     assert np.array_equal(only_specks, speck)  # the seed keeps the mask when every blob is small
 
@@ -299,3 +300,15 @@ def test_neck_masks_reports_its_source(seed_faces: dict) -> None:
     # a parser that finds no neck falls back to the landmarks
     grey = np.full((256, 256, 3), 128, np.uint8)
     assert neck_masks(grey, small_landmarks, parser=ColourParser().eval()).source == MaskSource.LANDMARKS
+
+
+def test_blob_removal_matches_the_seeds_remove_small_objects_on_its_three_channel_mask() -> None:
+    morphology = pytest.importorskip("skimage.morphology")
+    rng = np.random.default_rng(4)
+    mask = cv2.dilate((rng.random((128, 128)) > 0.995).astype(np.uint8), np.ones((15, 17), np.uint8)) > 0
+    mask[100:, 100:] = True
+    three_channels = np.repeat(mask[..., None], 3, axis=2)
+    seed = morphology.remove_small_objects(three_channels, min_size=800, connectivity=1)[..., 0]
+    ours = seed_hard_mask_512(mask, np.zeros_like(mask), HardMaskConfig(dilate=0, min_blob_area=WARP_HARD_MASK.min_blob_area))
+    assert seed.any() and seed.sum() < mask.sum()
+    np.testing.assert_array_equal(ours, seed)

@@ -72,7 +72,9 @@ class HardMaskConfig:
     cut_jaw_first: bool = True
 
 
-WARP_HARD_MASK = HardMaskConfig(dilate=5, min_blob_area=800, cut_jaw_first=False)
+WARP_HARD_MASK = HardMaskConfig(dilate=5, min_blob_area=267, cut_jaw_first=False)
+"""`get_neck_blur_mask(dilate=5)`. Its `remove_small_objects(min_size=800, connectivity=1)` runs on the HxWx3
+mask, where each blob is a 3-voxel-deep object across the identical channels: 800 voxels are 267 pixels."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class SoftMaskConfig:
 
 
 WARP_SOFT_MASK = SoftMaskConfig(dilate_at_1024=15, blur_at_1024=25)
+"""The warp's soft mask (`get_neck_blur_mask`), and the one the seed's training-pair diffuse uses
+(`remove_double_chin_step2.py`)."""
 
 
 @dataclass(frozen=True)
