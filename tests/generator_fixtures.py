@@ -245,35 +245,58 @@ def _persistent_record(
     return GlobalCall(RECONSTRUCT_PERSISTENT_OBJ, (meta,))
 
 
-def generator_init_kwargs(generator: Generator) -> dict:
-    """stylegan2-ada-pytorch's Generator(**G_kwargs) keywords for this architecture."""
+NVIDIA_PICKLE_LAYOUTS = ("stylegan2-ada", "stylegan3")
+CONV_CLAMP_CLASS_DEFAULT = 256.0  # stylegan3 networks_stylegan2.SynthesisBlock(conv_clamp=256)
+MAPPING_LR_MULTIPLIER_CLASS_DEFAULT = 0.01  # MappingNetwork(lr_multiplier=0.01), both repositories
+
+
+def generator_init_kwargs(generator: Generator, layout: str = "stylegan2-ada") -> dict:
+    """Generator(**G_kwargs) keywords as the training script of `layout` passes them.
+
+    stylegan2-ada-pytorch's train.py nests the synthesis options in `synthesis_kwargs` and always sets
+    conv_clamp. stylegan3's train.py with --cfg=stylegan2 passes them as top-level keywords and sets
+    conv_clamp only with --fp32 (to None): otherwise the class default, 256, applies unrecorded. Neither
+    sets the mapping's lr_multiplier, so it is named only where it is not the class default."""
     architecture = generator.architecture
-    return dict(
+    mapping_kwargs = EasyDictRecord(num_layers=architecture.mapping_layers)
+    if architecture.mapping_lr_multiplier != MAPPING_LR_MULTIPLIER_CLASS_DEFAULT:
+        mapping_kwargs["lr_multiplier"] = architecture.mapping_lr_multiplier
+    common = dict(
         z_dim=architecture.z_dim,
         c_dim=0,
         w_dim=architecture.w_dim,
         img_resolution=architecture.img_resolution,
         img_channels=architecture.img_channels,
-        mapping_kwargs=EasyDictRecord(
-            num_layers=architecture.mapping_layers, lr_multiplier=architecture.mapping_lr_multiplier
-        ),
-        synthesis_kwargs=EasyDictRecord(
-            channel_base=architecture.block_channels[-1] * architecture.img_resolution,
-            channel_max=max(architecture.block_channels),
-            num_fp16_res=0,
-            conv_clamp=architecture.conv_clamp,
-            architecture="skip",
-            resample_filter=[1, 3, 3, 1],
-        ),
+        mapping_kwargs=mapping_kwargs,
     )
+    channels = dict(
+        channel_base=architecture.block_channels[-1] * architecture.img_resolution,
+        channel_max=max(architecture.block_channels),
+    )
+    if layout == "stylegan2-ada":
+        synthesis_kwargs = EasyDictRecord(
+            **channels, num_fp16_res=0, conv_clamp=architecture.conv_clamp, architecture="skip", resample_filter=[1, 3, 3, 1]
+        )
+        return dict(**common, synthesis_kwargs=synthesis_kwargs)
+    if layout == "stylegan3":
+        kwargs = dict(**common, **channels, fused_modconv_default="inference_only")
+        if architecture.conv_clamp != CONV_CLAMP_CLASS_DEFAULT:
+            kwargs.update(num_fp16_res=0, conv_clamp=architecture.conv_clamp)
+        return kwargs
+    raise ValueError(f"unknown NVIDIA pickle layout {layout!r}; one of {NVIDIA_PICKLE_LAYOUTS}")
 
 
 def nvidia_pickle_bytes(
-    generator: Generator, protocol: int = 4, module_src: str = FAKE_MODULE_SRC, extra_state: dict | None = None
+    generator: Generator,
+    protocol: int = 4,
+    module_src: str = FAKE_MODULE_SRC,
+    extra_state: dict | None = None,
+    layout: str = "stylegan2-ada",
 ) -> bytes:
     """{'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'} as a training snapshot holds them;
-    `extra_state` is added to the generator record's pickled __dict__."""
-    record = _persistent_record(generator, generator_init_kwargs(generator), module_src, extra_state)
+    `extra_state` is added to the generator record's pickled __dict__. Every layer record carries the
+    attributes its forward pass reads (conv_clamp, weight_gain, bias_gain, ...), as NVIDIA's do."""
+    record = _persistent_record(generator, generator_init_kwargs(generator, layout), module_src, extra_state)
     top = dict(G=record, D=None, G_ema=record, augment_pipe=None, training_set_kwargs=None)
     stream = io.BytesIO()
     ForeignGlobalPickler(stream, protocol=protocol).dump(top)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import torch
 from chinfix.cli import main as chinfix_main
 from tests.generator_fixtures import (
     CHECKPOINT_FORMATS,
+    NVIDIA_PICKLE_LAYOUTS,
+    EasyDictRecord,
     GlobalCall,
     GlobalName,
     build_tiny_generator,
@@ -27,6 +30,7 @@ from worker.models.checkpoints import (
     load_generator,
     read_generator_checkpoint,
 )
+from worker.models.nvidia_pickle import load_nvidia_pickle
 from worker.models.stylegan2 import Generator, GeneratorArchitecture
 
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
@@ -85,13 +89,59 @@ def test_nvidia_pickle_protocols(tmp_path: Path, protocol: int) -> None:
     assert (load_generator(path).synthesis(ws) - expected).abs().max() <= 1e-6
 
 
-def test_nvidia_pickle_hyperparameters_come_from_init_kwargs(tmp_path: Path) -> None:
-    original = build_tiny_generator(resolution=32, seed=2, conv_clamp=256.0, mapping_lr_multiplier=0.05)
-    path = save_generator_as(original, tmp_path / "g.pkl", "nvidia-pickle")
-    architecture = read_generator_checkpoint(path).architecture
-    assert architecture.conv_clamp == 256.0 and architecture.mapping_lr_multiplier == 0.05
+def test_stylegan3_pickle_clamps_as_its_layers_do(tmp_path: Path) -> None:
+    """stylegan3's `--cfg=stylegan2` pickles (NGC's FFHQ-512/256, AFHQ, MetFaces) leave conv_clamp out of
+    G's kwargs: the class default 256 applies, and only the layer records say so."""
+    original = build_tiny_generator(resolution=32, seed=12, conv_clamp=256.0)
+    with torch.no_grad():
+        original.synthesis.b4.const.mul_(1000)  # activations beyond 256: the clamp shapes the image
+    path = tmp_path / "stylegan2-ffhq-512x512.pkl"
+    path.write_bytes(nvidia_pickle_bytes(original, layout="stylegan3"))
+    g_kwargs = load_nvidia_pickle(path)["G_ema"].init_kwargs
+    assert "conv_clamp" not in g_kwargs and "synthesis_kwargs" not in g_kwargs
+
+    loaded = load_generator(path)
+    assert (loaded.architecture.conv_clamp, loaded.architecture.mapping_lr_multiplier) == (256.0, 0.01)
     ws, expected = reference_images(original)
-    assert (load_generator(path).synthesis(ws) - expected).abs().max() <= 1e-6
+    assert (loaded.synthesis(ws) - expected).abs().max() <= 1e-6
+    unclamped = Generator(replace(original.architecture, conv_clamp=None)).eval()
+    unclamped.load_state_dict(original.state_dict())
+    assert (unclamped.synthesis(ws) - expected).abs().max() > 1.0
+
+
+@pytest.mark.parametrize("layout", NVIDIA_PICKLE_LAYOUTS)
+@pytest.mark.parametrize(("conv_clamp", "lr_multiplier"), [(256.0, 0.01), (None, 0.05), (64.0, 0.01)])
+def test_nvidia_pickle_hyperparameters_come_from_the_layers(
+    tmp_path: Path, layout: str, conv_clamp: float | None, lr_multiplier: float
+) -> None:
+    original = build_tiny_generator(resolution=32, seed=2, conv_clamp=conv_clamp, mapping_lr_multiplier=lr_multiplier)
+    path = tmp_path / "g.pkl"
+    path.write_bytes(nvidia_pickle_bytes(original, layout=layout))
+    architecture = read_generator_checkpoint(path).architecture
+    assert (architecture.conv_clamp, architecture.mapping_lr_multiplier) == (conv_clamp, lr_multiplier)
+    loaded = load_generator(path)
+    z = torch.randn(2, original.z_dim, generator=torch.Generator().manual_seed(4))
+    assert (loaded.mapping(z) - original.mapping(z)).abs().max() <= 1e-6
+    ws, expected = reference_images(original)
+    assert (loaded.synthesis(ws) - expected).abs().max() <= 1e-6
+
+
+def test_g_kwargs_that_say_nothing_leave_the_layers_to_decide(tmp_path: Path) -> None:
+    original = build_tiny_generator(resolution=32, seed=2, conv_clamp=128.0, mapping_lr_multiplier=0.05)
+    silent = EasyDictRecord(z_dim=original.z_dim, c_dim=0, w_dim=original.w_dim, img_resolution=32, img_channels=3)
+    path = tmp_path / "g.pkl"
+    path.write_bytes(nvidia_pickle_bytes(original, extra_state={"_init_kwargs": silent}))
+    architecture = read_generator_checkpoint(path).architecture
+    assert (architecture.conv_clamp, architecture.mapping_lr_multiplier) == (128.0, 0.05)
+
+
+def test_layers_that_clamp_differently_are_refused(tmp_path: Path) -> None:
+    generator = build_tiny_generator(resolution=32, seed=2, conv_clamp=256.0)
+    generator.synthesis.b8.conv1.conv_clamp = 100.0
+    path = tmp_path / "g.pkl"
+    path.write_bytes(nvidia_pickle_bytes(generator, layout="stylegan3"))
+    with pytest.raises(CheckpointError, match="different 'conv_clamp'"):
+        load_generator(path)
 
 
 def test_architecture_is_inferred_from_shapes(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ CANONICAL_FORMAT_NAME = "chinfix-stylegan2"
 W_AVG_SAMPLES = 10_000
 
 _MAPPING_LAYER_KEY = re.compile(r"mapping\.fc(\d+)\.weight")
+_MAPPING_LAYER_NAME = re.compile(r"fc\d+")
 _BLOCK_KEY = re.compile(r"synthesis\.b(\d+)\.")
 
 
@@ -213,8 +214,14 @@ def _read_nvidia_pickle(path: Path) -> GeneratorCheckpoint:
 
 
 def _pickled_generator_options(record: PersistentRecord) -> dict:
-    """Non-shape hyperparameters from the pickled init kwargs. stylegan2-ada nests the synthesis ones
-    in `synthesis_kwargs`; stylegan3's networks_stylegan2 takes them as top-level keywords."""
+    """Hyperparameters of a pickled generator that no tensor shape reveals.
+
+    `conv_clamp` and the mapping's lr multiplier are read from the layers' own records (the attributes
+    their forward pass uses), not from G's init kwargs: stylegan3's `--cfg=stylegan2` pickles (NGC's
+    StyleGAN2 FFHQ-512/256, AFHQ, MetFaces) leave them out of G's kwargs, so the class defaults of the
+    pickled source apply (conv_clamp=256 in `networks_stylegan2.SynthesisBlock`) and only the layers
+    record the value. stylegan2-ada nests the other synthesis options in `synthesis_kwargs`; stylegan3
+    takes them as top-level keywords."""
     kwargs = record.init_kwargs
     synthesis_kwargs = {**kwargs, **dict(kwargs.get("synthesis_kwargs") or {})}
     mapping_kwargs = dict(kwargs.get("mapping_kwargs") or {})
@@ -225,10 +232,42 @@ def _pickled_generator_options(record: PersistentRecord) -> dict:
     for options in (synthesis_kwargs, mapping_kwargs):
         if options.get("activation", "lrelu") != "lrelu":
             raise CheckpointError(f"activation {options['activation']!r} is not supported (only 'lrelu')")
+    synthesis_layers = [
+        layer
+        for block in _child_record(record, "synthesis").children.values()
+        for name, layer in block.children.items()
+        if name in ("conv0", "conv1", "torgb")
+    ]
+    mapping_layers = [
+        layer for name, layer in _child_record(record, "mapping").children.items() if _MAPPING_LAYER_NAME.fullmatch(name)
+    ]
     return {
-        "conv_clamp": synthesis_kwargs.get("conv_clamp"),
-        "lr_multiplier": mapping_kwargs.get("lr_multiplier", 0.01),
+        "conv_clamp": _recorded_attribute(synthesis_layers, "conv_clamp"),
+        # NVIDIA's FullyConnectedLayer keeps its lr multiplier as `bias_gain`.
+        "lr_multiplier": _recorded_attribute(mapping_layers, "bias_gain"),
     }
+
+
+def _child_record(record: PersistentRecord, name: str) -> PersistentRecord:
+    child = record.children.get(name)
+    if child is None:
+        raise CheckpointError(f"G_ema has no {name!r} network record")
+    return child
+
+
+def _recorded_attribute(layers: list[PersistentRecord], attribute: str) -> float | None:
+    """The one value of `attribute` that every layer record holds (None stays None)."""
+    if not layers:
+        raise CheckpointError(f"G_ema holds no layer records to read {attribute!r} from")
+    values = set()
+    for layer in layers:
+        if attribute not in layer.state:
+            raise CheckpointError(f"a pickled {layer.class_name} has no {attribute!r} attribute")
+        value = layer.state[attribute]
+        values.add(None if value is None else float(value))
+    if len(values) > 1:
+        raise CheckpointError(f"the pickled layers use different {attribute!r} values {sorted(values, key=str)}: one per generator is supported")
+    return values.pop()
 
 
 def _read_torch_file(path: Path) -> GeneratorCheckpoint:
