@@ -14,6 +14,7 @@ loader (see the docstrings), so loading what they write tests the loader's readi
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import io
@@ -138,6 +139,29 @@ def rosinality_state_dict(generator: Generator) -> dict[str, torch.Tensor]:
         out[f"noises.noise_{2 * block_index + 1}"] = state[f"{block}.conv0.noise_const"][None, None]
         out[f"noises.noise_{2 * block_index + 2}"] = state[f"{block}.conv1.noise_const"][None, None]
     return out
+
+
+def rosinality_training_checkpoint(generator: Generator, args: object = None) -> dict:
+    """What rosinality's train.py saves every 10,000 iterations (checkpoint/NNNNNN.pt): both generators,
+    the discriminator, both Adam states, its command-line `args` (an argparse.Namespace) and the ADA p.
+    No `latent_avg`. The discriminator here is a stand-in of one tensor: the loader never reads it."""
+    weights = rosinality_state_dict(generator)
+    discriminator = {"convs.0.0.weight": torch.randn(8, 3, 1, 1)}
+    optimizers = {}
+    for name, parameters in (("g_optim", list(weights.values())[:2]), ("d_optim", list(discriminator.values()))):
+        optimizer = torch.optim.Adam([p.clone().requires_grad_(True) for p in parameters], lr=0.002, betas=(0.0, 0.99))
+        sum(p.square().sum() for group in optimizer.param_groups for p in group["params"]).backward()
+        optimizer.step()
+        optimizers[name] = optimizer.state_dict()
+    if args is None:
+        args = argparse.Namespace(
+            path="lmdb/ffhq", arch="stylegan2", iter=800000, batch=16, n_sample=64, size=generator.img_resolution,
+            r1=10.0, path_regularize=2.0, path_batch_shrink=2, d_reg_every=16, g_reg_every=4, mixing=0.9,
+            ckpt=None, lr=0.002, channel_multiplier=2, wandb=False, local_rank=0, augment=False, augment_p=0.0,
+            ada_target=0.6, ada_length=500000, ada_every=256, n_gpu=1, distributed=False,
+            latent=generator.w_dim, n_mlp=generator.architecture.mapping_layers, start_iter=0,
+        )
+    return {"g": weights, "d": discriminator, "g_ema": weights, **optimizers, "args": args, "ada_aug_p": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------

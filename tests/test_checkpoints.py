@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 from dataclasses import replace
@@ -20,6 +21,7 @@ from tests.generator_fixtures import (
     build_tiny_generator,
     nvidia_pickle_bytes,
     rosinality_state_dict,
+    rosinality_training_checkpoint,
     save_generator_as,
     single_threaded_torch,  # noqa: F401 (fixture)
 )
@@ -197,6 +199,30 @@ def test_rosinality_without_latent_avg_estimates_it(tmp_path: Path) -> None:
     assert (loaded.w_avg - original.w_avg).norm() < 0.05 * original.w_avg.norm()
     ws, expected = reference_images(original)
     assert (loaded.synthesis(ws) - expected).abs().max() <= 1e-6
+
+
+def test_rosinality_training_checkpoint_with_its_argparse_namespace(tmp_path: Path) -> None:
+    original = build_tiny_generator(resolution=32, seed=13)
+    path = tmp_path / "010000.pt"
+    torch.save(rosinality_training_checkpoint(original), path)
+    with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
+        torch.load(path, weights_only=True)  # what a weights-only load refuses without the allow-list
+    assert read_generator_checkpoint(path).format == CheckpointFormat.ROSINALITY
+    loaded = load_generator(path)
+    ws, expected = reference_images(original)
+    assert (loaded.synthesis(ws) - expected).abs().max() <= 1e-6
+    assert (loaded.w_avg - original.w_avg).norm() < 0.05 * original.w_avg.norm()
+
+
+def test_payload_inside_a_training_namespace_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    generator = build_tiny_generator(resolution=32)
+    path = tmp_path / "evil.pt"
+    args = argparse.Namespace(path="lmdb", hook=ShellPayload(f"touch {marker}"))
+    torch.save(rosinality_training_checkpoint(generator, args=args), path)
+    with pytest.raises(CheckpointError, match="system"):
+        load_generator(path)
+    assert not marker.exists()
 
 
 def test_e4e_style_checkpoint_uses_the_decoder(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ the same path. Hyperparameters that no shape reveals default to NVIDIA's config-
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -36,6 +37,10 @@ from worker.models.stylegan2 import (
 )
 
 CANONICAL_FORMAT_NAME = "chinfix-stylegan2"
+TORCH_FILE_SAFE_GLOBALS = [argparse.Namespace]
+"""Classes `torch.load(weights_only=True)` may rebuild besides tensors and plain containers: rosinality's
+train.py saves its command-line `args` beside the weights. A Namespace only holds attributes, and
+whatever they hold passes the same weights-only check."""
 W_AVG_SAMPLES = 10_000
 
 _MAPPING_LAYER_KEY = re.compile(r"mapping\.fc(\d+)\.weight")
@@ -271,11 +276,12 @@ def _recorded_attribute(layers: list[PersistentRecord], attribute: str) -> float
 
 
 def _read_torch_file(path: Path) -> GeneratorCheckpoint:
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # mmap needs the zip format; legacy torch.save files are read whole.
-        contents = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(TORCH_FILE_SAFE_GLOBALS):
+        try:
+            contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            # mmap needs the zip format; legacy torch.save files are read whole.
+            contents = torch.load(path, map_location="cpu", weights_only=True)
     return _state_dict_checkpoint(path, contents)
 
 
