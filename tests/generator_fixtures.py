@@ -165,6 +165,70 @@ def rosinality_training_checkpoint(generator: Generator, args: object = None) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# The seed's Gs.pth: stylegan2_pytorch's `models.save` of the Generator that the seed's
+# run_convert_from_tf.py builds from NVIDIA's TF pickle. Nested {'name', 'kwargs', 'state_dict'} per
+# model; synthesis blocks `conv_blocks.{b}` (b = 0 for 4x4), layers BiasActivationWrapper >
+# NoiseInjectionWrapper > ConvLayer; noise strength [1]; no noise maps (drawn at run time).
+
+
+def seed_gs_contents(generator: Generator) -> dict:
+    """The dict the seed's `torch.save` writes to Gs.pth for this generator's weights."""
+    state = {key: value.clone() for key, value in generator.state_dict().items()}
+    architecture = generator.architecture
+    fir_kernel = (4 * fir_filter_2d(architecture.resample_filter))[None, None]
+    mapping = {}
+    for index in range(architecture.mapping_layers):
+        mapping[f"main.{index}.bias"] = state[f"mapping.fc{index}.bias"]
+        mapping[f"main.{index}.layer.weight"] = state[f"mapping.fc{index}.weight"]
+    synthesis = {"const": state["synthesis.b4.const"]}
+    for block_index, resolution in enumerate(generator.synthesis.block_resolutions):
+        block = f"synthesis.b{resolution}"
+        for layer_index, layer in enumerate(["conv1"] if block_index == 0 else ["conv0", "conv1"]):
+            prefix = f"conv_blocks.{block_index}.conv_block.{layer_index}"
+            synthesis[f"{prefix}.bias"] = state[f"{block}.{layer}.bias"]
+            synthesis[f"{prefix}.layer.weight"] = state[f"{block}.{layer}.noise_strength"].reshape(1)
+            synthesis[f"{prefix}.layer.layer.weight"] = state[f"{block}.{layer}.weight"]
+            synthesis[f"{prefix}.layer.layer.dense.bias"] = state[f"{block}.{layer}.affine.bias"]
+            synthesis[f"{prefix}.layer.layer.dense.layer.weight"] = state[f"{block}.{layer}.affine.weight"]
+            if layer == "conv0":
+                synthesis[f"{prefix}.layer.layer.filter.filter_kernel"] = fir_kernel.clone()
+        prefix = f"to_data_layers.{block_index}"
+        synthesis[f"{prefix}.bias"] = state[f"{block}.torgb.bias"]
+        synthesis[f"{prefix}.layer.weight"] = state[f"{block}.torgb.weight"]
+        synthesis[f"{prefix}.layer.dense.bias"] = state[f"{block}.torgb.affine.bias"]
+        synthesis[f"{prefix}.layer.dense.layer.weight"] = state[f"{block}.torgb.affine.weight"]
+    synthesis["upsample.weight"] = torch.ones(1, 1, 1, 1)
+    synthesis["upsample.filter.filter_kernel"] = fir_kernel.clone()
+    taps = [float(tap) for tap in architecture.resample_filter]
+    mapping_kwargs = {
+        "activation": "leaky:0.2",
+        "num_layers": architecture.mapping_layers,
+        "latent_size": architecture.z_dim,
+        "hidden": architecture.mapping_layer_features or architecture.w_dim,
+        "out_size": architecture.w_dim,
+    }
+    if architecture.mapping_lr_multiplier != MAPPING_LR_MULTIPLIER_CLASS_DEFAULT:
+        mapping_kwargs["lr_mul"] = architecture.mapping_lr_multiplier
+    synthesis_kwargs = {
+        "activation": "leaky:0.2",
+        "conv_filter": taps,
+        "skip_filter": taps,
+        "skip": True,
+        "resnet": False,
+        "channels": list(reversed(architecture.block_channels)),
+        "latent_size": architecture.w_dim,
+        "data_channels": architecture.img_channels,
+    }
+    return {
+        "name": "Generator",
+        "kwargs": {},
+        "state_dict": collections.OrderedDict(dlatent_avg=state["mapping.w_avg"]),
+        "G_mapping": {"name": "GeneratorMapping", "kwargs": mapping_kwargs, "state_dict": mapping},
+        "G_synthesis": {"name": "GeneratorSynthesis", "kwargs": synthesis_kwargs, "state_dict": synthesis},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # NVIDIA network pickles, written with the record structure torch_utils.persistence produces:
 # each module is `torch_utils.persistence._reconstruct_persistent_obj(meta)` with
 # meta = {type: 'class', version: 6, module_src, class_name, state: module.__dict__}; tensors go

@@ -23,6 +23,7 @@ from tests.generator_fixtures import (
     rosinality_state_dict,
     rosinality_training_checkpoint,
     save_generator_as,
+    seed_gs_contents,
     single_threaded_torch,  # noqa: F401 (fixture)
 )
 from worker.models.checkpoints import (
@@ -232,6 +233,78 @@ def test_e4e_style_checkpoint_uses_the_decoder(tmp_path: Path) -> None:
     torch.save({"state_dict": state, "latent_avg": original.w_avg.expand(8, -1).clone(), "opts": {"x": 1}}, tmp_path / "e4e.pt")
     loaded = load_generator(tmp_path / "e4e.pt")
     assert torch.equal(loaded.w_avg, original.w_avg)
+
+
+def test_seed_gs_key_layout_matches_its_generator() -> None:
+    """Names and shapes of stylegan2_pytorch's Generator(G_mapping=GeneratorMapping(latent_size=32,
+    num_layers=2), G_synthesis=GeneratorSynthesis(latent_size=32, channels=[8, 16, 32, 32])) as
+    `models.save` writes them (read off the seed's own code)."""
+    contents = seed_gs_contents(build_tiny_generator(resolution=32, seed=0, mapping_layers=2))
+    assert set(contents["state_dict"]) == {"dlatent_avg"}
+    assert set(contents["G_mapping"]["state_dict"]) == {f"main.{i}.{name}" for i in (0, 1) for name in ("bias", "layer.weight")}
+    synthesis = contents["G_synthesis"]["state_dict"]
+    layer = ("bias", "layer.weight", "layer.layer.weight", "layer.layer.dense.bias", "layer.layer.dense.layer.weight")
+    expected = {"const", "upsample.weight", "upsample.filter.filter_kernel"}
+    expected |= {f"conv_blocks.0.conv_block.0.{name}" for name in layer}
+    for block in (1, 2, 3):
+        expected |= {f"conv_blocks.{block}.conv_block.{index}.{name}" for index in (0, 1) for name in layer}
+        expected.add(f"conv_blocks.{block}.conv_block.0.layer.layer.filter.filter_kernel")
+    for block in range(4):
+        expected |= {f"to_data_layers.{block}.{name}" for name in ("bias", "layer.weight", "layer.dense.bias", "layer.dense.layer.weight")}
+    assert set(synthesis) == expected
+    assert synthesis["const"].shape == (32, 4, 4)
+    assert synthesis["conv_blocks.2.conv_block.0.layer.layer.weight"].shape == (16, 32, 3, 3)
+    assert synthesis["conv_blocks.2.conv_block.1.layer.layer.dense.layer.weight"].shape == (16, 32)
+    assert synthesis["conv_blocks.1.conv_block.0.layer.weight"].shape == (1,)
+    assert synthesis["conv_blocks.1.conv_block.0.layer.layer.filter.filter_kernel"].shape == (1, 1, 4, 4)
+    assert synthesis["to_data_layers.3.layer.weight"].shape == (3, 8, 1, 1)
+    assert synthesis["upsample.weight"].shape == (1, 1, 1, 1)
+    assert contents["G_synthesis"]["kwargs"]["channels"] == [8, 16, 32, 32]
+
+
+@pytest.mark.parametrize("half", [False, True])  # models.save(half=True) stores float16
+def test_seed_gs_loads_into_the_same_generator(tmp_path: Path, half: bool) -> None:
+    original = build_tiny_generator(resolution=64, seed=14, mapping_lr_multiplier=0.05)
+    contents = seed_gs_contents(original)
+    if half:
+        for model in (contents, contents["G_mapping"], contents["G_synthesis"]):
+            model["state_dict"] = {key: value.half() for key, value in model["state_dict"].items()}
+        original.load_state_dict({key: value.half().float() for key, value in original.state_dict().items()})
+    path = tmp_path / "Gs.pth"
+    torch.save(contents, path)
+    checkpoint = read_generator_checkpoint(path)
+    assert checkpoint.format == CheckpointFormat.SEED_GS
+    assert checkpoint.architecture.mapping_lr_multiplier == 0.05 and checkpoint.architecture.conv_clamp is None
+
+    loaded = load_generator(path)
+    assert torch.equal(loaded.w_avg, original.w_avg)
+    z = torch.randn(2, original.z_dim, generator=torch.Generator().manual_seed(4))
+    assert (loaded.mapping(z) - original.mapping(z)).abs().max() <= 1e-6
+    # Gs.pth holds no noise maps: the loader draws them from a fixed seed, the same on every load.
+    noise_maps = loaded.synthesis.noise_buffers()
+    assert all(torch.equal(noise_maps[name], again) for name, again in load_generator(path).synthesis.noise_buffers().items())
+    for name, buffer in original.synthesis.noise_buffers().items():
+        buffer.copy_(noise_maps[name])
+    ws, expected = reference_images(original)
+    assert (loaded.synthesis(ws) - expected).abs().max() <= 1e-5
+
+
+def test_seed_gs_networks_nvidia_does_not_compute_are_refused(tmp_path: Path) -> None:
+    contents = seed_gs_contents(build_tiny_generator(resolution=32))
+    contents["G_synthesis"]["kwargs"].update(skip=False, resnet=True)
+    torch.save(contents, tmp_path / "resnet.pth")
+    with pytest.raises(CheckpointError, match="skip=False is not supported"):
+        load_generator(tmp_path / "resnet.pth")
+    contents = seed_gs_contents(build_tiny_generator(resolution=32))
+    contents["G_mapping"]["state_dict"]["embedding.weight"] = torch.zeros(10, 32)
+    torch.save(contents, tmp_path / "conditional.pth")
+    with pytest.raises(CheckpointError, match="conditional"):
+        load_generator(tmp_path / "conditional.pth")
+    contents = seed_gs_contents(build_tiny_generator(resolution=32))
+    contents["G_mapping"]["kwargs"]["activation"] = "lrelu"  # slope 0.01 in stylegan2_pytorch
+    torch.save(contents, tmp_path / "slope.pth")
+    with pytest.raises(CheckpointError, match="activation 'lrelu'"):
+        load_generator(tmp_path / "slope.pth")
 
 
 def test_convert_command_writes_the_canonical_form(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

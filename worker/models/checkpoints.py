@@ -1,11 +1,13 @@
 """Load a StyleGAN2 generator from any supported checkpoint, without executing code from the file.
 
 Formats (recognised by content, not by file name):
-- NVIDIA network pickles (stylegan2-ada-pytorch / stylegan3 `*.pkl`): `G_ema`, read by the restricted
-  unpickler in `nvidia_pickle.py`; non-shape hyperparameters (conv_clamp, mapping lr multiplier) come
-  from the pickled init kwargs.
+- NVIDIA network pickles (stylegan2-ada-pytorch `training.networks`, stylegan3 `--cfg=stylegan2`
+  `training.networks_stylegan2` `*.pkl`): `G_ema`, read by the restricted unpickler in
+  `nvidia_pickle.py`; conv_clamp and the mapping's lr multiplier come from the layers' own records.
 - State dicts in NVIDIA's key layout, as `.pt` (torch.load weights_only=True) or `.safetensors`.
-- rosinality `g_ema` state dicts (also e4e/pSp checkpoints: `decoder.` keys), converted on load.
+- rosinality `g_ema` state dicts, bare or in train.py's checkpoints (which also pickle their
+  argparse.Namespace `args`: that one class is allow-listed) or e4e/pSp's (`decoder.` keys), converted on load.
+- The seed's `Gs.pth` (stylegan2_pytorch's serialisation, `seed_gs.py`), converted on load.
 - The canonical form `convert_generator_checkpoint` writes: a `.safetensors` in NVIDIA's key layout
   whose header metadata holds the architecture as JSON; read memory-mapped.
 
@@ -28,6 +30,12 @@ import torch
 
 from worker.models.nvidia_pickle import PersistentRecord, nvidia_pickle_generator
 from worker.models.rosinality import is_rosinality_state_dict, rosinality_to_nvidia
+from worker.models.seed_gs import (
+    is_seed_generator_file,
+    seed_generator_to_nvidia,
+    seed_mapping_lr_multiplier,
+    seed_resample_taps,
+)
 from worker.models.stylegan2 import (
     DEFAULT_RESAMPLE_FILTER,
     Generator,
@@ -52,6 +60,7 @@ class CheckpointFormat(StrEnum):
     NVIDIA_PICKLE = "nvidia-pickle"
     NVIDIA_STATE_DICT = "nvidia-state-dict"
     ROSINALITY = "rosinality"
+    SEED_GS = "seed-gs"
     CANONICAL = "canonical"
 
 
@@ -303,6 +312,8 @@ def _state_dict_checkpoint(path: Path, contents: object) -> GeneratorCheckpoint:
     ({'G_ema': ...}, rosinality's {'g_ema': ..., 'latent_avg': ...}, e4e/pSp's {'state_dict': {'decoder.*'}})."""
     if not isinstance(contents, dict):
         raise CheckpointError(f"{path}: holds a {type(contents).__name__}, not a state dict")
+    if is_seed_generator_file(contents):
+        return _seed_generator_checkpoint(contents)
     latent_avg = contents.get("latent_avg")
     if isinstance(contents.get("G_ema"), dict):
         contents = contents["G_ema"]
@@ -333,6 +344,13 @@ def _rosinality_checkpoint(contents: dict, latent_avg: torch.Tensor | None) -> G
     else:
         state_dict["mapping.w_avg"] = estimate_w_avg(_mapping_network(architecture, state_dict))
     return GeneratorCheckpoint(CheckpointFormat.ROSINALITY, architecture, state_dict)
+
+
+def _seed_generator_checkpoint(contents: dict) -> GeneratorCheckpoint:
+    state_dict = _as_float32(seed_generator_to_nvidia(contents))
+    architecture = infer_architecture(state_dict, mapping_lr_multiplier=seed_mapping_lr_multiplier(contents))
+    architecture = replace(architecture, resample_filter=seed_resample_taps(contents))
+    return GeneratorCheckpoint(CheckpointFormat.SEED_GS, architecture, state_dict)
 
 
 def _mapping_network(architecture: GeneratorArchitecture, state_dict: dict[str, torch.Tensor]) -> MappingNetwork:
