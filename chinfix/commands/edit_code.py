@@ -99,6 +99,16 @@ def _read_array(path: Path, what: str):
     return array
 
 
+def _load(path: Path, loader):
+    """`loader()`, with a file that cannot be read or is not a boundary turned into one line naming `path`."""
+    try:
+        return loader()
+    except OSError as error:
+        raise BadInput(f"cannot read {error.filename or path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise BadInput(f"bad boundary file ({path}): {error}") from None
+
+
 def _edit(args: argparse.Namespace, settings):
     from dataclasses import replace
 
@@ -125,13 +135,8 @@ def _edit(args: argparse.Namespace, settings):
     pose_path = None
     if args.condition_pose or settings.condition_pose or args.pose_boundary:
         pose_path = args.pose_boundary or store.require("pose_yaw_boundary")
-    try:
-        boundary = load_fine_boundary(boundary_path, intercept_path, num_ws)
-        pose_normal = None if pose_path is None else load_pose_normal(pose_path)
-    except OSError as error:
-        raise BadInput(f"cannot read {error.filename or 'a boundary file'}: {error.strerror or error}") from None
-    except ValueError as error:
-        raise BadInput(f"bad boundary file ({boundary_path}): {error}") from None
+    boundary = _load(boundary_path, lambda: load_fine_boundary(boundary_path, intercept_path, num_ws))
+    pose_normal = None if pose_path is None else _load(pose_path, lambda: load_pose_normal(pose_path))
     if boundary.normals.shape != (num_ws, w_dim):
         raise BadInput(
             f"the boundary {boundary_path} has {boundary.normals.shape} normals; the code wants {num_ws} x {w_dim} (or 1 x {w_dim})"
@@ -142,7 +147,7 @@ def _edit(args: argparse.Namespace, settings):
         raise BadInput(f"--keep-from must be 1..{num_ws} for a code of {num_ws} layers, got {args.keep_from}")
 
     if pose_normal is not None and pose_normal.shape != (w_dim,):
-            raise BadInput(f"the pose boundary has {pose_normal.size} values; the code's w_dim is {w_dim}")
+        raise BadInput(f"the pose boundary has {pose_normal.size} values; the code's w_dim is {w_dim}")
     try:
         config = replace(
             EditConfig.from_settings(settings, args.strength, tuple(range(args.keep_from, num_ws))),
