@@ -302,6 +302,7 @@ def test_neck_masks_reports_its_source(seed_faces: dict) -> None:
     assert neck_masks(grey, small_landmarks, parser=ColourParser().eval()).source == MaskSource.LANDMARKS
 
 
+@pytest.mark.filterwarnings("ignore:Parameter `min_size` is deprecated:FutureWarning")  # the seed's own call
 def test_blob_removal_matches_the_seeds_remove_small_objects_on_its_three_channel_mask() -> None:
     morphology = pytest.importorskip("skimage.morphology")
     rng = np.random.default_rng(4)
