@@ -221,6 +221,7 @@ def random_weight_registry(resolution: int, device: torch.device) -> ModelRegist
     from worker.models.landmarks import load_dlib_landmarker
     from worker.models.lpips import build_random_lpips
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
+    from worker.models.vgg16 import SeedPerceptualVGG16
     from worker.pipeline.portrait import edit_portrait
     from worker.registry import ModelRegistry
 
@@ -235,6 +236,7 @@ def random_weight_registry(resolution: int, device: torch.device) -> ModelRegist
         generator=generator,
         fine_boundary=double_chin_boundary(generator),
         perceptual=build_random_lpips(seed=0, device=device),
+        diffuse_perceptual=SeedPerceptualVGG16().eval().requires_grad_(False).to(device),
         landmarker=load_dlib_landmarker(),
         face_parser=BiSeNet().eval().requires_grad_(False).to(device),
     )
