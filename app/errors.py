@@ -40,14 +40,17 @@ def error_response(
 _STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 401: ErrorCode.UNAUTHORIZED}
 
 
+ROUTABLE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def allowed_methods(request: Request) -> set[str]:
     """Every method some route serves on the request's path, OPTIONS included."""
-    methods = {"OPTIONS"}
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match is not Match.NONE and getattr(route, "methods", None):
-            methods |= route.methods
-    return methods
+    routes = request.app.router.routes
+    return {"OPTIONS"} | {
+        method
+        for method in ROUTABLE_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
 
 
 def install_error_handlers(app: FastAPI) -> None:

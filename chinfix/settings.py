@@ -34,7 +34,8 @@ class ApiKey(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHINFIX_", extra="ignore", frozen=True)
+    # Empty variables count as unset: docker-compose passes `${VAR:-}` through as "".
+    model_config = SettingsConfigDict(env_prefix="CHINFIX_", extra="ignore", frozen=True, env_ignore_empty=True)
 
     # HTTP
     host: str = Field("127.0.0.1", description="address `serve` and `up` listen on")
