@@ -9,6 +9,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from app.bench import png_chunk
+
 
 def png_bytes(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -40,25 +42,10 @@ def jpeg_with_orientation(upright_rgb: np.ndarray, orientation: int) -> bytes:
 
 def png_claiming_size(width: int, height: int) -> bytes:
     """A valid PNG header that claims width x height, with almost no pixel data behind it (a bomb's shape)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + png_chunk(b"IEND", b""))
 
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def png_bomb(side: int) -> bytes:
-    """A real, valid side x side RGB PNG of zeros: about 114 KB at 6245 px, 117 MB once decoded."""
-    compressor = zlib.compressobj(9)
-    row = b"\0" * (1 + 3 * side)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))

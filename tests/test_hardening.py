@@ -12,10 +12,10 @@ import httpx
 import pytest
 import redis
 
+from app.bench import png_bomb
 from chinfix.contract import ErrorCode, RedisKeys, Stage
 from chinfix.jobs import JobStore
 from tests.service_harness import PORTRAITS, api_and_worker, start_api, wait_for_job
-from tests.service_inputs import png_bomb
 from tests.test_api import assert_error, post_edit
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 from chinfix.contract import ErrorCode
 from chinfix.errors import ImageError
 from chinfix.imaging import ImageLimits, check_upload, decode_image
-from tests.service_inputs import interlaced_png, png_chunk
+from app.bench import png_chunk
+from tests.service_inputs import interlaced_png
 
 LIMITS = ImageLimits(max_pixels=40_000_000, min_side=64)
 RGB = np.random.default_rng(11).integers(0, 256, (90, 130, 3), dtype=np.uint8)
