@@ -31,6 +31,7 @@ from PIL import Image
 from rich.table import Table
 
 from chinfix.embedded_redis import EmbeddedRedis
+from chinfix.jobs import redis_answers
 from chinfix.settings import Settings
 from chinfix.terminal import console
 
@@ -112,12 +113,9 @@ def png_bomb(side: int) -> bytes:
 def redis_url() -> Iterator[str]:
     """The configured Redis when it answers, else an embedded one for the run."""
     url = Settings().effective_redis_url
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    if redis_answers(url):
         yield url
         return
-    except redis.RedisError:
-        pass
     with tempfile.TemporaryDirectory() as state_dir:
         embedded = EmbeddedRedis(Path(state_dir))
         try:

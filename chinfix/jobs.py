@@ -36,6 +36,14 @@ def connect_redis(settings: Settings) -> redis.Redis:
     )
 
 
+def redis_answers(url: str) -> bool:
+    """True when a Redis at `url` answers a ping within a second."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
 SUCCEEDED_OUTCOME = JobStatus.SUCCEEDED.value
 
 
