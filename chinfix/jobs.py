@@ -255,8 +255,10 @@ class JobStore:
         return record
 
     def get(self, job_id: str) -> JobRecord | None:
+        """The record, or None. A hash without `created_at` is a fragment a worker wrote after a delete before
+        transitions were atomic: no job."""
         fields = self.redis.hgetall(self.keys.job(job_id))
-        if not fields:
+        if b"created_at" not in fields:
             return None
         return JobRecord.from_hash(job_id, fields)
 
