@@ -31,6 +31,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
+def image_content(*media_types: str) -> dict[str, Any]:
+    """The `content` of an answer that is an image file in one of `media_types`."""
+    return {media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in media_types}
+
+
 def inline_refs(schema: Any, definitions: dict[str, Any]) -> Any:
     """`schema` with every `#/$defs/X` reference replaced by the definition itself: pydantic puts enums in
     `$defs`, which a schema embedded in an operation cannot point to."""

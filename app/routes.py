@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.auth import Tenant, current_tenant, presents_operator_key
 from app.errors import ApiError
 from app.limits import RateLimiter
-from app.openapi import edit_request_schema, error_responses, job_links
+from app.openapi import edit_request_schema, error_responses, image_content, job_links
 from app.schemas import JobAccepted, JobLinks, JobView, Readiness, ResultInfo, WorkerView, timestamp
 from chinfix.contract import DEBUG_IMAGE_NAMES, EditOptions, ErrorCode, JobStatus
 from chinfix.errors import describe_validation_errors
@@ -95,9 +95,19 @@ async def submit_edit(request: Request, response: Response, tenant: Tenant = Dep
     options = parse_options([(key, value) for key, value in form.multi_items() if key != "image"])
     await _check_upload(request, data)
 
-    job_id = new_job_id()
+    job_id = await anyio.to_thread.run_sync(create_job, request, tenant, data, options)
+    links = _links(request, job_id, [])
+    response.headers["Location"] = links.self
+    return JobAccepted(id=job_id, status=JobStatus.QUEUED, links=links)
+
+
+def create_job(request: Request, tenant: Tenant, data: bytes, options: EditOptions) -> str:
+    """Count the job against the tenant's quota, then store and queue it; the new job's id."""
+    settings = request.app.state.settings
+    queue: Queue = request.app.state.queue
     store = _store(request)
-    if not await anyio.to_thread.run_sync(store.reserve_slot, tenant.owner, job_id, settings.tenant_max_active_jobs):
+    job_id = new_job_id()
+    if not store.reserve_slot(tenant.owner, job_id, settings.tenant_max_active_jobs):
         raise ApiError(
             429,
             ErrorCode.QUOTA_EXCEEDED,
@@ -105,24 +115,25 @@ async def submit_edit(request: Request, response: Response, tenant: Tenant = Dep
             "wait for some to finish (or delete them).",
             headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
         )
-    enqueue = lambda pipe: queue.enqueue_call(  # noqa: E731
-        EDIT_JOB_FUNCTION,
-        args=(job_id,),
-        job_id=job_id,
-        timeout=settings.job_timeout_seconds,
-        result_ttl=settings.job_ttl_seconds,
-        failure_ttl=settings.job_ttl_seconds,
-        ttl=settings.job_ttl_seconds,
-        pipeline=pipe,
-    )
+
+    def enqueue(pipe) -> None:
+        queue.enqueue_call(
+            EDIT_JOB_FUNCTION,
+            args=(job_id,),
+            job_id=job_id,
+            timeout=settings.job_timeout_seconds,
+            result_ttl=settings.job_ttl_seconds,
+            failure_ttl=settings.job_ttl_seconds,
+            ttl=settings.job_ttl_seconds,
+            pipeline=pipe,
+        )
+
     try:
-        await anyio.to_thread.run_sync(lambda: store.create(job_id, data, options, tenant.owner, enqueue))
+        store.create(job_id, data, options, tenant.owner, enqueue)
     except RedisError:
-        await anyio.to_thread.run_sync(store.release_slot, tenant.owner, job_id)
+        store.release_slot(tenant.owner, job_id)
         raise
-    links = _links(request, job_id, [])
-    response.headers["Location"] = links.self
-    return JobAccepted(id=job_id, status=JobStatus.QUEUED, links=links)
+    return job_id
 
 
 async def _read_form(request: Request) -> FormData:
@@ -168,17 +179,12 @@ def get_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tena
     return _job_view(request, record)
 
 
-IMAGE_CONTENT = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                 "image/png": {"schema": {"type": "string", "format": "binary"}},
-                 "image/webp": {"schema": {"type": "string", "format": "binary"}}}  # fmt: skip
-
-
 @jobs_router.get(
     "/jobs/{job_id}/result",
     response_class=Response,
     operation_id="get_result",
     responses={
-        200: {"description": "The edited image", "content": IMAGE_CONTENT},
+        200: {"description": "The edited image", "content": image_content("image/jpeg", "image/png", "image/webp")},
         **error_responses(401, 404, 409, 422, 429, 503),
     },
     summary="The edited image",
@@ -201,7 +207,7 @@ def get_result(job_id: str, request: Request, tenant: Tenant = Depends(current_t
     response_class=Response,
     operation_id="get_debug_image",
     responses={
-        200: {"description": "A PNG image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        200: {"description": "A PNG image", "content": image_content("image/png")},
         **error_responses(401, 404, 422, 429, 503),
     },
     summary="An intermediate image (jobs submitted with debug=true)",
