@@ -24,9 +24,11 @@ def idempotency_key_of(request: Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+    if not key or len(key) > MAX_KEY_LENGTH or not all(" " <= character <= "~" for character in key):
         raise ApiError(
-            422, ErrorCode.INVALID_OPTIONS, f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters."
+            422,
+            ErrorCode.INVALID_OPTIONS,
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters.",
         )
     return key
 

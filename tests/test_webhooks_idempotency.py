@@ -238,6 +238,18 @@ def test_a_variant_needs_a_finished_inversion(isolated_env: dict[str, str], tmp_
         assert missing.status_code == 404
 
 
+def test_a_variant_of_another_tenants_job_does_not_exist(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**isolated_env, **STUB, "CHINFIX_API_KEYS": "acme:key-acme,globex:key-globex"}
+    acme, globex = {"Authorization": "Bearer key-acme"}, {"Authorization": "Bearer key-globex"}
+    with api_and_worker(env, tmp_path) as (base_url, _):
+        job_id = submit(base_url, jpeg_bytes(smooth_rgb(120, 160)), acme).json()["id"]
+        assert wait_for_job(base_url, job_id, {"succeeded", "failed"}, headers=acme)["status"] == "succeeded"
+        own = httpx.post(f"{base_url}/jobs/{job_id}/variants", data={"strength": "0.3"}, headers=acme, timeout=30)
+        assert own.status_code == 409, own.text  # the owner reaches the job (the stub inverted nothing)
+        other = httpx.post(f"{base_url}/jobs/{job_id}/variants", data={"strength": "0.3"}, headers=globex, timeout=30)
+        assert other.status_code == 404 and other.json()["error"]["code"] == "job_not_found", other.text
+
+
 def test_signature_header_is_the_hmac_of_timestamp_and_body() -> None:
     header = signature_header("k", 1700000000, b'{"id":"x"}')
     expected = hmac.new(b"k", b'1700000000.{"id":"x"}', hashlib.sha256).hexdigest()
