@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from rq import get_current_job
 
+from app.auth import Tenant
 from app.routes import job_view
 from chinfix.callbacks import (
     JOB_ID_HEADER,
@@ -47,11 +48,11 @@ def deliver_callback(job_id: str, attempt: int) -> None:
     record = store.get(job_id)
     if record is None or not record.callback_url:
         return
-    secret = settings.webhook_secret(record.tenant)
+    secret = webhook_secret_of_owner(settings, record.owner)
     body = job_view(record, record.callback_base_url or settings.public_url or "").model_dump_json().encode()
     status, error = None, None
     if secret is None:
-        error = f"no webhook secret is configured for tenant {record.tenant}"
+        error = "no webhook secret is configured for this job's tenant"
     else:
         status, error = post_signed(record.callback_url, body, job_id, secret, settings)
     delivered = status is not None and 200 <= status < 300
@@ -67,6 +68,14 @@ def deliver_callback(job_id: str, attempt: int) -> None:
         queue_delivery(connection, settings, job_id, attempt + 1, delays[attempt - 1])
     store.record_callback_attempt(job_id, callback)
     log.info("callback of job %s, attempt %d: %s", job_id, attempt, status or error)
+
+
+def webhook_secret_of_owner(settings: Settings, owner: str | None) -> str | None:
+    """The webhook secret of the tenant whose owner hash the job record holds (records never store a tenant's
+    id, so the configured tenants are hashed and compared)."""
+    names = (pair.get_secret_value().partition(":")[0] for pair in settings.webhook_secrets)
+    tenant_id = next((name for name in names if Tenant(name).owner == owner), None)
+    return settings.webhook_secret(tenant_id) if tenant_id is not None else None
 
 
 def post_signed(url: str, body: bytes, job_id: str, secret: str, settings: Settings) -> tuple[int | None, str | None]:

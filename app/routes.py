@@ -175,8 +175,7 @@ def require_callback_allowed(settings: Settings, tenant: Tenant, callback_url: s
 def create_job(
     request: Request, tenant: Tenant, job_id: str, data: bytes, options: EditOptions, **origin: str | None
 ) -> None:
-    """Count the job against the tenant's quota, then store and queue it. The record keeps the tenant's id (its
-    webhook secret's name) besides its owner hash."""
+    """Count the job against the tenant's quota, then store and queue it."""
     settings = request.app.state.settings
     queue: Queue = request.app.state.queue
     store = _store(request)
@@ -202,7 +201,7 @@ def create_job(
         )
 
     try:
-        store.create(job_id, data, options, tenant.owner, enqueue, tenant=tenant.id, **origin)
+        store.create(job_id, data, options, tenant.owner, enqueue, **origin)
     except RedisError:
         store.release_slot(tenant.owner, job_id)
         raise

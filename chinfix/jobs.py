@@ -81,7 +81,6 @@ class JobRecord:
     debug_images: list[str] = field(default_factory=list)
     owner: str | None = None
     """Hash of the id of the tenant that created the job (never its key)."""
-    tenant: str = "anonymous"
     callback_url: str | None = None
     callback_base_url: str | None = None
     """The API's base URL when the job was submitted: the links of the job view a callback carries."""
@@ -107,7 +106,6 @@ class JobRecord:
             report=values.get("report", {}),
             debug_images=values.get("debug_images", []),
             owner=values.get("owner"),
-            tenant=values.get("tenant", "anonymous"),
             callback_url=values.get("callback_url"),
             callback_base_url=values.get("callback_base_url"),
             callback=values.get("callback"),
@@ -250,7 +248,7 @@ class JobStore:
     ) -> JobRecord:
         """Store the input and a queued record, and queue the job (`enqueue` adds it to the pipeline) in one
         transaction: a Redis failure leaves neither a record that no worker will take nor a job without input.
-        `origin`: the record's tenant, callback_url, callback_base_url and variant_of, where given."""
+        `origin`: the record's callback_url, callback_base_url and variant_of, where given."""
         given_origin = {name: value for name, value in origin.items() if value is not None}
         record = JobRecord(
             id=job_id,

@@ -156,3 +156,11 @@ def edit(store: JobStore, job_id: str, registry: ModelRegistry, retry: RedisRetr
         result_meta["offset"] = encoded.details["offset"]
     kept_debug_images = debug_images if options.debug else {}
     return lambda: store.succeed(job_id, encoded.data, result_meta, report, kept_debug_images, inversion)
+
+
+def report_progress(store: JobStore, job_id: str, stage: Stage, value: float) -> None:
+    """Progress is best effort: a Redis outage must not stop the edit, whose outcome is retried at the end."""
+    try:
+        store.report_progress(job_id, stage, value)
+    except redis.RedisError as error:
+        log.warning("could not record the progress of job %s: %s", job_id, error)
