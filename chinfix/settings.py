@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import model_store
+from chinfix.contract import QualityPolicy
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -66,6 +67,17 @@ class Settings(BaseSettings):
     edit_margin: float = Field(1.0, description="target mean chin score after a full-strength edit (negative side)")
     no_chin_threshold: float = Field(0.0, description="a face scoring below this is left unedited")
     fixed_alpha: float | None = Field(None, description="edit with this alpha (the seed used -5) instead of adaptively")
+
+    # quality gate (README: "Quality facts and the quality gate" says how the defaults were chosen)
+    min_identity: float = Field(
+        0.95, ge=-1, le=1, description="least cosine similarity of the original's and the edit's face descriptors"
+    )
+    max_neck_lpips: float = Field(
+        0.4, ge=0, description="largest LPIPS of the reconstruction against the photo inside the neck mask"
+    )
+    quality_policy: QualityPolicy = Field(
+        QualityPolicy.RETURN_ORIGINAL, description="what an edit failing the gate becomes: return_original, fail, report"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

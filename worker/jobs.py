@@ -60,7 +60,7 @@ def run_edit_job(job_id: str) -> None:
             edit_and_store(store, job_id, registry)
         except ChinfixError as error:
             log.info("job %s failed: %s (%s)", job_id, error.code, error.message)
-            store.fail(job_id, error.code, error.message)
+            store.fail(job_id, error.code, error.message, error.report)
         except JobTimeoutException:
             limit = registry.settings.job_timeout_seconds
             store.fail(job_id, ErrorCode.JOB_TIMEOUT, f"The edit took longer than the {limit} s limit.")
