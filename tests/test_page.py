@@ -61,10 +61,16 @@ def save_screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path
     return path
 
 
-def edit_in_page(driver: webdriver.Chrome, base_url: str, photo: Path, refine: str) -> None:
-    """Open the page, choose the photo and refine method, submit, and wait for the before/after slider."""
+def edit_in_page(driver: webdriver.Chrome, base_url: str, photo: Path, refine: str, api_key: str | None = None) -> None:
+    """Open the page, choose the photo and refine method, submit, and wait for the before/after slider.
+    With `api_key`, the page must ask for a key (the service has keys) and gets this one typed in."""
     driver.get(f"{base_url}/")
-    assert driver.find_element(By.ID, "api-key-field").get_attribute("hidden") is not None, "no keys configured"
+    key_field = driver.find_element(By.ID, "api-key-field")
+    if api_key is None:
+        assert key_field.get_attribute("hidden") is not None, "no keys configured, so the page asks for none"
+    else:
+        WebDriverWait(driver, 10).until(lambda d: key_field.is_displayed())
+        driver.find_element(By.ID, "api-key").send_keys(api_key)
     driver.find_element(By.ID, "photo").send_keys(str(photo))
     Select(driver.find_element(By.ID, "refine")).select_by_value(refine)
     Select(driver.find_element(By.ID, "output")).select_by_value("png")
@@ -87,11 +93,11 @@ def drag_slider_to(driver: webdriver.Chrome, fraction: float) -> np.ndarray:
 def test_page_edits_a_photo_and_the_slider_moves_between_before_and_after(
     isolated_env: dict[str, str], tmp_path: Path, browser: webdriver.Chrome
 ) -> None:
-    env = {**isolated_env, "CHINFIX_PIPELINE": "tests.stub_pipeline:darken_lower_third"}
+    env = {**isolated_env, "CHINFIX_PIPELINE": "tests.stub_pipeline:darken_lower_third", "CHINFIX_API_KEYS": "k1,k2"}
     photo = PORTRAITS[0]
     with api_and_worker(env, tmp_path) as (base_url, worker):
-        assert httpx.get(f"{base_url}/").headers["content-type"].startswith("text/html")
-        edit_in_page(browser, base_url, photo, "warp")
+        assert httpx.get(f"{base_url}/").headers["content-type"].startswith("text/html"), "the page needs no key"
+        edit_in_page(browser, base_url, photo, "warp", api_key="k2")
         width, height = input_rgb(photo).shape[1], input_rgb(photo).shape[0]
         loaded = browser.execute_script(
             "const image = document.getElementById('result-image');"

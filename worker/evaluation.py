@@ -92,6 +92,10 @@ def evaluate_case(case: EvalCase, edit: EditFunction, limits: ImageLimits, repor
         result = edit(photo, options)
     except ChinfixError as error:
         return {**row, "status": "failed", "error_code": str(error.code), "error_message": error.message}
+    except OSError as error:
+        return {**row, "status": "failed", "error_code": "image_unreadable", "error_message": str(error)}
+    except Exception as error:  # one photo's bug is a row of the report, not the end of the run
+        return {**row, "status": "failed", "error_code": "internal_error", "error_message": repr(error)}
     row_dir = report_dir / "rows" / case.key
     write_row_images(row_dir, photo, result.image, result.debug_images.get("soft_mask"))
     return {**row, **report_columns(result.report), "total_ms": round((time.perf_counter() - started) * 1000.0, 1)}
