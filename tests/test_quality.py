@@ -134,7 +134,7 @@ def test_an_edit_that_passes_comes_back_edited_with_its_facts(tiny_registry: Mod
 @needs_portraits
 @pytest.mark.parametrize("return_kind", [ReturnKind.PHOTO, ReturnKind.ALIGNED])
 def test_return_original_gives_back_the_input_and_says_why(tiny_registry: ModelRegistry, return_kind: ReturnKind) -> None:
-    photo = input_rgb(PORTRAITS[1])
+    photo = input_rgb(PORTRAITS[0])  # its warp mask is not empty with the tiny models, so both checks can fail
     gate = QualityGate(min_identity=1.1, max_neck_lpips=0.0, policy=QualityPolicy.RETURN_ORIGINAL)
     result = run_with_gate(tiny_registry, gate, photo, debug=True, **{"return": return_kind})
     quality = result.report["quality"]
