@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from chinfix.contract import EditOptions, RefineMethod, ReturnKind, Stage
+from chinfix.contract import EditOptions, QualityPolicy, RefineMethod, ReturnKind, Stage
 from worker.models.landmarks import FaceBox
 from worker.pipeline.align import (
     AlignedFace,
@@ -37,6 +37,13 @@ from worker.pipeline.masks import (
     NeckMasks,
     SoftMaskConfig,
     neck_masks,
+)
+from worker.pipeline.quality import (
+    EditEvidence,
+    QualityAssessment,
+    QualityGate,
+    assess_edit,
+    unedited_quality,
 )
 from worker.pipeline.refine import (
     DiffuseConfig,
@@ -82,6 +89,7 @@ class PipelineConfig:
     diffuse: DiffuseConfig = DiffuseConfig()
     warp: WarpConfig = WarpConfig()
     soft_mask: SoftMaskConfig = SoftMaskConfig()
+    quality_gate: QualityGate = QualityGate()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
@@ -96,6 +104,7 @@ class PipelineConfig:
                 learning_rate=settings.diffuse_lr,
                 perceptual_weight=settings.diffuse_perceptual_weight,
             ),
+            quality_gate=QualityGate.from_settings(settings),
         )
 
     def mask_configs(self, method: RefineMethod) -> tuple[SoftMaskConfig, HardMaskConfig]:
@@ -194,32 +203,75 @@ def run_pipeline(
     debug["aligned"] = aligned_faces[0].image
     report.update(faces_found=state.faces_found, rotation=90 * state.quarter_turns)
 
-    face_reports, pastes = list(state.skipped_faces), []
+    face_reports, edits = list(state.skipped_faces), []
     for face, aligned in zip(state.faces, aligned_faces, strict=True):
-        face_report, paste = edit_face(face, aligned, options, registry, config, progress, clock, debug)
+        face_report, face_edit = edit_face(face, aligned, options, registry, config, progress, clock, debug)
         face_reports.append(face_report)
-        if paste is not None:
-            pastes.append(paste)
+        if face_edit is not None:
+            edits.append((face_report, face_edit))
+
+    photo_mask = None
+    aligned_return = options.return_kind is ReturnKind.ALIGNED
+    unedited = aligned_faces[0].image if aligned_return else photo_rgb
+    with clock.stage(Stage.COMPOSE):
+        progress(Stage.COMPOSE, 0.0)
+        if not edits:
+            # Nothing to remove (or strength 0): the photo goes back as it came, not re-synthesised.
+            image = unedited
+        elif aligned_return:
+            image = edits[0][1].paste.edited_crop
+        else:
+            composed, weights = paste_back_faces(working_photo, [face_edit.paste for _, face_edit in edits])
+            image = turned_clockwise(composed, -state.quarter_turns)
+            photo_mask = turned_clockwise(weights, -state.quarter_turns)
+        progress(Stage.COMPOSE, 1.0)
+    assessments = []
+    for face_report, face_edit in edits:
+        evidence = face_edit.evidence
+        if not aligned_return:
+            # Each face's facts in the composed photo, under its own mask (as turned for detection).
+            evidence = replace(
+                evidence, unedited_image=working_photo, edited_image=composed, transform=face_edit.paste.transform
+            )
+        assessment = assess_edit(registry, config.quality_gate, evidence)
+        face_report["quality"] = assessment.report
+        assessments.append(assessment)
+
     report["faces"] = sorted(face_reports, key=lambda entry: entry["index"])
     if options.face != "all":
         single = dict(face_reports[-1])
         report.update(chosen_face=single.pop("index"), **single)
-
-    photo_mask = None
-    with clock.stage(Stage.COMPOSE):
-        progress(Stage.COMPOSE, 0.0)
-        if options.return_kind is ReturnKind.ALIGNED:
-            image = pastes[0].edited_crop if pastes else aligned_faces[0].image
-        elif not pastes:
-            # Nothing to remove (or strength 0): the photo goes back as it came, not re-synthesised.
-            image = photo_rgb
-        else:
-            composed, weights = paste_back_faces(working_photo, pastes)
-            image = turned_clockwise(composed, -state.quarter_turns)
-            photo_mask = turned_clockwise(weights, -state.quarter_turns)
-        progress(Stage.COMPOSE, 1.0)
+    else:
+        report["quality"] = faces_quality(config.quality_gate, assessments)
     report["timings_ms"] = clock.milliseconds
+    # The gate refuses the photo when it refuses any of its faces (raises under the `fail` policy).
+    if any(assessment.enforce(image, report) is not image for assessment in assessments):
+        image, photo_mask = unedited, None
     return EditResult(image=image, report=report, debug_images=debug, photo_mask=photo_mask, inversion=state)
+
+
+@dataclass(frozen=True)
+class FaceEdit:
+    """One face's edit: what to paste and what its quality facts are measured on."""
+
+    paste: FacePaste
+    evidence: EditEvidence
+    """In aligned space; the photo's images are filled in once all faces are pasted."""
+
+
+def faces_quality(gate: QualityGate, assessments: list[QualityAssessment]) -> dict[str, Any]:
+    """The job's `quality` with face=all: each face's facts are in its entry of `faces`; this is the verdict."""
+    if not assessments:
+        return unedited_quality(gate)
+    reasons = [reason for assessment in assessments for reason in assessment.report["reasons"]]
+    refused = bool(reasons) and gate.policy is not QualityPolicy.REPORT
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "policy": gate.policy.value,
+        "returned": "original" if refused else "edited",
+        "thresholds": {"min_identity": gate.min_identity, "max_neck_lpips": gate.max_neck_lpips},
+    }
 
 
 def find_and_invert(
@@ -308,8 +360,8 @@ def edit_face(
     progress: StageProgress,
     clock: StageClock,
     debug: dict[str, np.ndarray],
-) -> tuple[dict[str, Any], FacePaste | None]:
-    """Edit, mask and refine one inverted face: (its report entry, what to paste, or None when left alone)."""
+) -> tuple[dict[str, Any], FaceEdit | None]:
+    """Edit, mask and refine one inverted face: (its report entry, its edit, or None when left alone)."""
     G = registry.generator
     report = dict(face.report)
     original_crop = aligned.image
@@ -325,9 +377,10 @@ def edit_face(
             alpha=round(edit.alpha, 4),
             no_double_chin_detected=edit.skipped,
         )
-    if "reconstruction" not in debug:
-        debug["reconstruction"] = synthesise(G, face.wp, registry.device)
+    reconstruction = synthesise(G, face.wp, registry.device)
+    debug.setdefault("reconstruction", reconstruction)
     if edit.skipped or edit.alpha == 0.0:
+        report["quality"] = unedited_quality(config.quality_gate)
         return report, None
 
     with clock.stage(Stage.REFINE):
@@ -345,7 +398,11 @@ def edit_face(
             options.refine, registry, config, face.wp, original_crop, edited_crop, original_masks,
             landmarks_aligned, lambda step, total, _losses: progress(Stage.REFINE, step / total),
         )  # fmt: skip
-    return report, FacePaste(aligned.transform, refined.image, soft_mask)
+    evidence = EditEvidence(
+        original_crop=original_crop, reconstruction=reconstruction, edited_crop=refined.image, soft_mask=soft_mask,
+        landmarks=landmarks_aligned, unedited_image=original_crop, edited_image=refined.image, transform=None,
+    )  # fmt: skip
+    return report, FaceEdit(FacePaste(aligned.transform, refined.image, soft_mask), evidence)
 
 
 def refine(
