@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "chinfix.commands.edit",
     "chinfix.commands.align",
     "chinfix.commands.bench",
+    "chinfix.commands.train",
 )
 
 

@@ -10,6 +10,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
@@ -25,20 +26,22 @@ log = logging.getLogger("chinfix.worker")
 
 
 class LeaseKeeper:
-    """Renews the job's lease from a thread while the pipeline runs: if the process dies, the lease expires."""
+    """Calls `renew` from a thread every `interval` seconds while a job runs: if the process dies, its lease
+    expires and whoever watches it learns that the worker is gone."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store = store
-        self.job_id = job_id
+    def __init__(self, renew: Callable[[], None], interval: float, name: str) -> None:
+        self.renew = renew
+        self.interval = interval
+        self.name = name
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._renew, name=f"lease-{job_id[:8]}", daemon=True)
+        self.thread = threading.Thread(target=self._renew, name=f"lease-{name}", daemon=True)
 
     def _renew(self) -> None:
-        while not self.stopped.wait(self.store.lease_seconds / 3):
+        while not self.stopped.wait(self.interval):
             try:
-                self.store.renew_lease(self.job_id)
+                self.renew()
             except Exception:
-                log.warning("could not renew the lease of job %s", self.job_id, exc_info=True)
+                log.warning("could not renew the lease of %s", self.name, exc_info=True)
 
     def __enter__(self) -> LeaseKeeper:
         self.thread.start()
@@ -55,7 +58,7 @@ def run_edit_job(job_id: str) -> None:
     if not store.mark_running(job_id):
         log.info("job %s was deleted or already taken; skipping", job_id)
         return
-    with LeaseKeeper(store, job_id):
+    with LeaseKeeper(lambda: store.renew_lease(job_id), store.lease_seconds / 3, f"job {job_id}"):
         try:
             edit_and_store(store, job_id, registry)
         except ChinfixError as error:

@@ -72,7 +72,9 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
     name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     description = {"name": name, **registry.describe()}
     with WorkerHeartbeat(connection, RedisKeys(settings.key_prefix).worker(name), description):
-        worker = SimpleWorker([Queue(settings.queue_name, connection=connection)], connection=connection, name=name)
-        log.info("worker %s on %s, queue %r", name, registry.device, settings.queue_name)
+        # RQ takes jobs from its queues in order: photos first, training shards only when no photo waits
+        queues = [Queue(name, connection=connection) for name in (settings.queue_name, settings.effective_training_queue)]
+        worker = SimpleWorker(queues, connection=connection, name=name)
+        log.info("worker %s on %s, queues %r", name, registry.device, [queue.name for queue in queues])
         worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
     return 0
