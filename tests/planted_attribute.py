@@ -6,7 +6,7 @@ hardly varies, the widest-margin hyperplane leans onto the long axes (cosine abo
 linear SVM recovers attributes the generator varies along, as a face's double chin is.
 
 `planted_scorer` is a real scorer (`chinfix train score --scorer tests.planted_attribute:planted_scorer`):
-score = sigmoid(SHARPNESS * (w - w_avg) . h) plus a little noise, so the coarse stage has something to recover and
+score = sigmoid(SHARPNESS * (w - w_avg) . h + noise), so the coarse stage has something to recover and
 can be checked against h. `lower_band` is a real region function for the pair stage: the lower quarter of the
 image, where a tiny random generator has no neck to find.
 """
@@ -22,8 +22,9 @@ from worker.training.score import SampleBatch
 HIDDEN_SEED = 20210801
 MAIN_AXES = 3
 AXIS_SAMPLES = 4000
-SHARPNESS = 3.0
-NOISE = 0.02
+SHARPNESS = 1.0
+NOISE = 0.1
+"""Standard deviation of the noise added to the logit (inside the sigmoid, so no two scores tie at 1)."""
 
 
 def hidden_direction(G: torch.nn.Module) -> np.ndarray:
@@ -39,7 +40,7 @@ def planted_scorer(batch: SampleBatch) -> np.ndarray:
     w_avg = batch.generator.w_avg.cpu().numpy()
     projection = (batch.w - w_avg) @ hidden_direction(batch.generator)
     noise = np.random.default_rng(batch.indices.tolist()).normal(0.0, NOISE, len(batch.indices))
-    return np.clip(1.0 / (1.0 + np.exp(-SHARPNESS * projection)) + noise, 0.0, 1.0)
+    return 1.0 / (1.0 + np.exp(-(SHARPNESS * projection + noise)))
 
 
 def lower_band(image_rgb: np.ndarray, registry: object) -> np.ndarray:

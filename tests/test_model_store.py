@@ -32,6 +32,7 @@ BRIEF_MODEL_NAMES = {
     "fan_face_detector",
     "vgg16_imagenet",
     "lpips_vgg_lin",
+    "double_chin_classifier",
 }
 PUBLISHED_BOUNDARY_SHA256 = {
     "fine_boundary": "590e928984c6230b7bcb58d6ce08c76df1ec995de3ed743b32fbb9c289109777",
