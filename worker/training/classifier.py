@@ -286,7 +286,7 @@ def train_classifier(
                 loss.backward()
                 optimizer.step()
                 bar.update(len(batch))
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}")
         rng.shuffle(train)
         value = accuracy(model, images[held_out].to(device), masks[held_out].to(device), labels[held_out].to(device)) \
             if len(held_out) else float("nan")  # fmt: skip
