@@ -13,6 +13,8 @@ image, where a tiny random generator has no neck to find.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -27,6 +29,7 @@ NOISE = 0.1
 """Standard deviation of the noise added to the logit (inside the sigmoid, so no two scores tie at 1)."""
 
 
+@lru_cache(maxsize=4)
 def hidden_direction(G: torch.nn.Module) -> np.ndarray:
     """w_dim float64 unit vector in the span of the MAIN_AXES longest axes of G's W distribution."""
     w, _ = map_codes(G, draw_z(HIDDEN_SEED, 0, AXIS_SAMPLES, G.z_dim), 1.0)

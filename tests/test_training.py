@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 RESOLUTION = 32
 NUM_SAMPLES = 600
-PAIRS_WANTED = 32
+PAIRS_WANTED = 24
 SHORT_DIFFUSE = ["--diffuse-steps", "5", "--diffuse-lr", "0.1", "--perceptual-weight", "1"]
 """A random LPIPS at 32 px: its distances are not the seed's VGG feature errors, so its weight is not 5e-5."""
 PLANTED = ["--region", "tests.planted_attribute:lower_band"]
@@ -92,24 +92,24 @@ def test_planted_attribute_sample_score_coarse_pairs_fine(
     threshold = pair_threshold(directory, PAIRS_WANTED)
     pairs_args = ["train", "pairs", str(root), "--coarse", str(tmp_path / "coarse.npy"), "--threshold", str(threshold),
                   "--shard-size", "8", *SHORT_DIFFUSE, *PLANTED]  # fmt: skip
-    assert run_command(capsys, *pairs_args) == {"shards": 4, "samples": PAIRS_WANTED}
-    with_codes = np.concatenate([np.load(directory.pair_path(shard, "with")) for shard in range(4)])
-    without_codes = np.concatenate([np.load(directory.pair_path(shard, "without")) for shard in range(4)])
+    assert run_command(capsys, *pairs_args) == {"shards": 3, "samples": PAIRS_WANTED}
+    with_codes = np.concatenate([np.load(directory.pair_path(shard, "with")) for shard in range(3)])
+    without_codes = np.concatenate([np.load(directory.pair_path(shard, "without")) for shard in range(3)])
     assert with_codes.shape == without_codes.shape == (PAIRS_WANTED, G.num_ws, G.w_dim)
     assert np.array_equal(with_codes, directory.load_wp(np.concatenate(
-        [np.load(directory.pair_path(shard, "index")) for shard in range(4)])))  # fmt: skip
+        [np.load(directory.pair_path(shard, "index")) for shard in range(3)])))  # fmt: skip
     assert not np.allclose(with_codes, without_codes)
 
     # resumable: a re-run redoes only the shard that is missing, and gets the same pairs
     kept = directory.pair_path(0, "without").stat().st_mtime_ns
-    redone = np.load(directory.pair_path(3, "without"))
-    directory.pair_path(3, "without").unlink()
+    redone = np.load(directory.pair_path(2, "without"))
+    directory.pair_path(2, "without").unlink()
     run_command(capsys, *pairs_args)
     assert directory.pair_path(0, "without").stat().st_mtime_ns == kept
-    assert np.allclose(np.load(directory.pair_path(3, "without")), redone, atol=1e-6)
+    assert np.allclose(np.load(directory.pair_path(2, "without")), redone, atol=1e-6)
 
     fine_dir = tmp_path / "fine"
-    # half of the pairs held out, so the accuracy is measured on 32 codes per layer
+    # half of the pairs held out, so the accuracy is measured on 24 codes per layer
     accuracies = run_command(capsys, "train", "fine", str(root), "-o", str(fine_dir), "--split", "0.5")[
         "validation_accuracy"
     ]
@@ -193,3 +193,37 @@ def test_a_worker_refuses_a_boundary_of_another_generator(training_env: Path, tm
         f"chinfix worker: the fine boundary ({tmp_path / 'boundary.npy'}) has 18 layers of 512, but the generator "
         "has 8 x 32: use the boundary trained for this generator"
     )
+
+
+def test_sample_images_labels_and_settings_that_do_not_match(
+    training_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "small"
+    assert run_command(capsys, "train", "sample", str(root), "--num", "5", "--chunk", "2", "--images") == {
+        "samples": 5, "chunks": 3
+    }  # fmt: skip
+    directory = TrainingDir(root)
+    assert sorted(path.name for path in (root / "images").iterdir()) == [f"{i:06d}.jpg" for i in range(5)]
+    assert directory.load_codes("wp").shape == (5, 8, 32)
+    assert np.array_equal(directory.load_wp(np.array([4, 0])), directory.load_codes("wp")[[4, 0]])
+    (root / "labels.csv").write_text("sample,label\n" + "".join(f"{i:06d}.jpg,{i % 2}\n" for i in range(5)))
+    run_command(capsys, "train", "score", str(root), "--labels", str(root / "labels.csv"))
+    assert np.array_equal(np.load(root / "scores.npy"), np.array([[0], [1], [0], [1], [0]], np.float32))
+
+    assert main(["train", "sample", str(root), "--num", "5", "--chunk", "2", "--seed", "1"]) == 2
+    assert "sampled with other settings" in capsys.readouterr().out
+
+
+def test_the_classifier_scores_synthesised_faces() -> None:
+    from tests.parsing_fixtures import random_bisenet_state_dict
+    from worker.models.bisenet import BiSeNet
+    from worker.training.classifier import DoubleChinClassifier, classifier_scorer
+    from worker.training.score import SampleBatch
+
+    parser = BiSeNet()
+    parser.load_state_dict(random_bisenet_state_dict(seed=0))
+    G = build_tiny_generator(RESOLUTION, seed=0)
+    wp = G.mapping(torch.randn(3, G.z_dim), truncation_psi=0.8).numpy()
+    scorer = classifier_scorer(DoubleChinClassifier(blocks=(1, 1, 1, 1), input_size=64).eval(), parser.eval())
+    scores = scorer(SampleBatch(np.arange(3), wp[:, 0], wp, G))
+    assert scores.shape == (3,) and ((scores > 0) & (scores < 1)).all()

@@ -68,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pairs.add_argument("--diffuse-lr", type=float, default=0.01, help="the seed: 0.01")
     pairs.add_argument("--perceptual-weight", type=float, default=5e-5, help="the seed's step 2: 5e-5")
     pairs.add_argument("--region", default="worker.training.pairs:neck_region", help="module:function of the region")
-    pairs.add_argument("--shard-size", type=int, default=32, help="samples per shard (the unit of resumption)")
+    pairs.add_argument("--shard-size", type=int, default=8,
+                       help="samples per shard: the unit of resumption, and how long a queued shard keeps a worker from photos")
     pairs.add_argument("--queue", action="store_true", help="run the shards as RQ jobs on the workers")
     pairs.add_argument("--no-wait", action="store_true", help="with --queue: queue the shards and return")
     pairs.set_defaults(func=run_pairs)
@@ -97,6 +98,8 @@ def guarded(stage: str):
 
     def wrap(body):
         def run(args: argparse.Namespace) -> int:
+            import redis
+
             from worker.registry import ConfigurationError
             from worker.training.directory import TrainingError
 
@@ -104,6 +107,8 @@ def guarded(stage: str):
                 return body(args)
             except (TrainingError, ConfigurationError) as error:
                 return fail(stage, str(error))
+            except redis.RedisError as error:
+                return fail(stage, f"Redis did not answer ({error}); is CHINFIX_REDIS_URL right?")
             except FileNotFoundError as error:
                 return fail(stage, f"{error.filename}: no such file")
 
@@ -157,6 +162,8 @@ def run_score(args: argparse.Namespace) -> int:
     from worker.training.directory import TrainingDir
     from worker.training.score import labels_scorer, run_score as score
 
+    directory = TrainingDir(args.dir)
+    directory.manifest()  # before loading anything: DIR must hold samples
     G = load_generator_from_store()
     if args.labels is not None:
         scorer = labels_scorer(args.labels)
@@ -167,7 +174,7 @@ def run_score(args: argparse.Namespace) -> int:
         scorer = classifier_scorer_from_files(args.classifier, Settings(), G.w_avg.device)
     else:
         scorer = scorer_function(args.scorer)
-    scores = score(G, TrainingDir(args.dir), scorer, args.batch)
+    scores = score(G, directory, scorer, args.batch)
     print(json.dumps({"samples": len(scores), "mean": round(float(scores.mean()), 4),
                       "above_0.95": int((scores > 0.95).sum())}))  # fmt: skip
     return 0

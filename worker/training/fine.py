@@ -12,12 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from worker.training.boundary import LinearBoundary, fit_linear_boundary, split_indices
-from worker.training.directory import PAIR_KINDS, TrainingDir, TrainingError, load_npy, save_npy
+from worker.training.directory import PAIR_KINDS, TrainingDir, TrainingError, load_npy, progress_bar, save_npy
 from worker.training.coarse import SEED_SPLIT
 
 
 def train_fine_boundary(
-    with_codes: np.ndarray, without_codes: np.ndarray, split_ratio: float = SEED_SPLIT, seed: int = 0
+    with_codes: np.ndarray,
+    without_codes: np.ndarray,
+    split_ratio: float = SEED_SPLIT,
+    seed: int = 0,
+    show_progress: bool = True,
 ) -> list[LinearBoundary]:
     """with_codes, without_codes: P x num_ws x w_dim, pair i the same face. Returns one boundary per layer."""
     if with_codes.shape != without_codes.shape or with_codes.ndim != 3:
@@ -27,12 +31,15 @@ def train_fine_boundary(
     train, held_out = split_indices(len(with_codes), split_ratio, np.random.default_rng(seed))
     if len(train) == 0:
         raise TrainingError(f"{len(with_codes)} pairs at split {split_ratio} leave none for training")
-    return [
-        fit_linear_boundary(
-            with_codes[train, layer], without_codes[train, layer], with_codes[held_out, layer], without_codes[held_out, layer]
-        )
-        for layer in range(with_codes.shape[1])
-    ]
+    boundaries = []
+    with progress_bar(with_codes.shape[1], "fine", unit="layer", enabled=show_progress) as bar:
+        for layer in range(with_codes.shape[1]):
+            boundaries.append(fit_linear_boundary(
+                with_codes[train, layer], without_codes[train, layer],
+                with_codes[held_out, layer], without_codes[held_out, layer],
+            ))  # fmt: skip
+            bar.update(1)
+    return boundaries
 
 
 def collect_pairs(directory: TrainingDir) -> tuple[np.ndarray, np.ndarray]:

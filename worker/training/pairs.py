@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 SEED_CHIN_THRESHOLD = 0.95
 """The seed's classifier called a face double-chinned at probability > 0.95 (classify.py check_double_chin)."""
-DEFAULT_SHARD_SIZE = 32
 
 RegionFunction = Callable[[np.ndarray, "ModelRegistry"], "np.ndarray | None"]
 """region(image SxSx3 uint8 RGB, registry) → SxS bool region to re-synthesise, or None when there is none."""
