@@ -102,3 +102,24 @@ def test_queued_shards_survive_a_killed_worker(
     expected = make_shard(registry, directory.load_wp(indices), indices, np.load(root / "pairs" / "coarse.npy"),
                           PairConfig.from_dict(plan.to_json()["config"]))  # fmt: skip
     assert np.allclose(np.load(directory.pair_path(killed, "without")), expected.without_codes, atol=1e-5)
+
+
+def test_a_shard_dropped_from_the_queue_is_queued_again(queue_env: dict[str, str], tmp_path: Path) -> None:
+    from rq.job import Job
+
+    from worker.training.queue import board_for, coordinate, shard_job_id
+
+    root = tmp_path / "run"
+    directory = TrainingDir(root)
+    assert main(["train", "sample", str(root), "--num", "100"]) == 0
+    assert main(["train", "score", str(root), "--scorer", "tests.planted_attribute:planted_scorer"]) == 0
+    assert main(["train", "coarse", str(root), "-o", str(tmp_path / "coarse.npy")]) == 0
+    assert main(["train", "pairs", str(root), "--coarse", str(tmp_path / "coarse.npy"), "--threshold",
+                 str(pair_threshold(directory, 4)), "--shard-size", "2", *PLANTED, "--queue", "--no-wait"]) == 0  # fmt: skip
+    settings, plan = Settings(), load_plan(directory)
+    board = board_for(settings, plan)
+    Job.fetch(shard_job_id(settings, plan, 0, 1), connection=board.redis).delete()
+    states = coordinate(settings, board, directory, plan, retry_failed=False)
+    assert states["queued"] == [0, 1]
+    assert (board.state(0).attempt, board.state(1).attempt) == (2, 1)
+    assert Job.exists(shard_job_id(settings, plan, 0, 2), connection=board.redis)

@@ -291,6 +291,7 @@ def train_classifier(
         value = accuracy(model, images[held_out].to(device), masks[held_out].to(device), labels[held_out].to(device)) \
             if len(held_out) else float("nan")  # fmt: skip
         accuracies.append(value)
+        bar.write(f"epoch {epoch}: validation accuracy {value:.4f} on {len(held_out)} photos")
         history.append({"epoch": epoch, "validation_accuracy": value})
         save_classifier(model, output, epoch)
         save_json(history_path, history)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 from rq import Queue, get_current_job
+from rq.job import Job
 
 from worker.training.directory import TrainingDir, load_npy, progress_bar
 from worker.training.pairs import (
@@ -191,6 +192,10 @@ def board_for(settings: Settings, plan: PairPlan) -> ShardBoard:
     return ShardBoard(connect_redis(settings), settings.key_prefix, plan.run_id, settings.lease_seconds)
 
 
+def shard_job_id(settings: Settings, plan: PairPlan, shard: int, attempt: int) -> str:
+    return f"{settings.key_prefix}-train-{plan.run_id}-{shard}-{attempt}"
+
+
 def enqueue_shard(
     settings: Settings, board: ShardBoard, directory: TrainingDir, plan: PairPlan, shard: int, attempt: int
 ) -> None:
@@ -200,7 +205,7 @@ def enqueue_shard(
         run_pair_shard,
         args=(plan.run_id, shard, attempt, directory.load_wp(indices), indices,
               load_npy(coarse_copy_path(directory)), plan.to_json()["config"]),
-        job_id=f"{settings.key_prefix}-train-{plan.run_id}-{shard}-{attempt}",
+        job_id=shard_job_id(settings, plan, shard, attempt),
         job_timeout=settings.training_shard_timeout_seconds,
         result_ttl=KEY_TTL_SECONDS,
         description=f"training pairs shard {shard} attempt {attempt} of {directory.root}",
@@ -226,8 +231,12 @@ def coordinate(
         lost = state is not None and board.is_lost(shard, state)
         if lost:
             log.warning("training shard %d lost its worker (%s); queueing it again", shard, state.worker)
+        # a queued shard whose RQ job is gone (Redis evicted it, someone emptied the queue) would wait forever
+        dropped = state is not None and state.status == ShardStatus.QUEUED and not Job.exists(
+            shard_job_id(settings, plan, shard, state.attempt), connection=board.redis
+        )
         retry = state is not None and state.status == ShardStatus.FAILED and retry_failed
-        if state is None or state.status == ShardStatus.COLLECTED or lost or retry:
+        if state is None or state.status == ShardStatus.COLLECTED or lost or dropped or retry:
             enqueue_shard(settings, board, directory, plan, shard, 1 if state is None else state.attempt + 1)
             states["queued"].append(shard)
         else:
