@@ -19,6 +19,7 @@ from chinfix.settings import Settings
 from model_store.store import ModelStore
 from tests.generator_fixtures import build_tiny_generator, single_threaded_torch, write_nvidia_pickle  # noqa: F401
 from tests.lpips_fixtures import save_random_lpips_checkpoints
+from tests.perceptual_fixtures import save_random_seed_vgg16
 from tests.planted_attribute import hidden_direction
 from worker.pipeline.edit import EditConfig, double_chin_score, edited_layers, remove_double_chin
 from worker.registry import GENERATOR, ModelRegistry
@@ -35,11 +36,13 @@ PLANTED = ["--region", "tests.planted_attribute:lower_band"]
 
 
 def build_training_store(model_dir: Path) -> ModelStore:
-    """The models the training stages use: a 32 px generator and LPIPS (random weights, official formats)."""
+    """The models the training stages use: a 32 px generator, the seed's VGG16 and LPIPS (random weights, official
+    formats)."""
     store = ModelStore(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     write_nvidia_pickle(build_tiny_generator(RESOLUTION, seed=0), store.path(GENERATOR))
     save_random_lpips_checkpoints(store.path("vgg16_imagenet"), store.path("lpips_vgg_lin"), seed=0)
+    save_random_seed_vgg16(store.path("vgg16_perceptual"), seed=0)
     return store
 
 

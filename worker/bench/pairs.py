@@ -1,7 +1,7 @@
 """`chinfix bench pairs`: seconds per training pair (coarse edit + diffuse) at full FFHQ config-f size, and what
 the seed's 14,788 pairs would take on 1 and on 8 devices (shards are independent, so workers add up).
 
-The real `make_pair` with a StyleGAN2 config-f generator and LPIPS VGG16 of random weights (speed does not depend
+The real `make_pair` with a StyleGAN2 config-f generator and the seed's perceptual VGG16 of random weights (speed does not depend
 on them). The region is a fixed band under the face instead of the parser + landmarks (`fixed_neck_band` below):
 finding the neck is not timed. `--whole measured` runs all `--diffuse-steps` steps; `extrapolated` times the pair at
 two short step counts and extends the line to the full count; `auto` measures on CUDA and extrapolates on CPU.
@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     from chinfix.settings import Settings
     from worker.bench.timing import print_table, synchronize
-    from worker.models.lpips import build_random_lpips
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
+    from worker.models.vgg16 import SeedPerceptualVGG16
     from worker.registry import ModelRegistry, resolve_device
     from worker.training.pairs import PairConfig, make_pair
 
@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     generator = Generator(GeneratorArchitecture.from_channel_rule(args.resolution)).eval().requires_grad_(False)
     generator = generator.to(device)
     registry = ModelRegistry(settings=Settings(), device=device, store=None, edit_portrait=None,
-                             generator=generator, perceptual=build_random_lpips(seed=0, device=device))  # fmt: skip
+                             generator=generator,
+                             diffuse_perceptual=SeedPerceptualVGG16().eval().requires_grad_(False).to(device))  # fmt: skip
     wp = generator.mapping(torch.randn([1, generator.z_dim], device=device), truncation_psi=0.8).cpu().numpy()
     normal = np.random.default_rng(0).standard_normal(generator.w_dim).astype(np.float32)
     normal /= np.linalg.norm(normal)
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         how = f"extrapolated from {low} and {high} steps ({per_step:.2f} s/step)"
     hours = seconds * SEED_PAIRS / 3600.0
     print_table(
-        f"training pairs: StyleGAN2 config-f {args.resolution}px + LPIPS VGG16 (random weights), "
+        f"training pairs: StyleGAN2 config-f {args.resolution}px + the seed's VGG16 (random weights), "
         f"{args.diffuse_steps} diffuse steps, repeats={args.repeats}",
         ("device", "s / pair", "how", f"h for {SEED_PAIRS:,} pairs, 1 device", "h, 8 devices"),
         [(str(device), seconds, how, hours, hours / 8)],

@@ -75,33 +75,22 @@ class ShardResult:
 
 def coarse_edit(wp: np.ndarray, coarse_normal: np.ndarray, config: PairConfig) -> np.ndarray:
     """1 x num_ws x w_dim → the coarse-edited, style-mixed code (1 x num_ws x w_dim float32)."""
-    from worker.pipeline.edit import edit_wplus
+    from worker.pipeline.edit import coarse_edit as pipeline_coarse_edit
 
-    num_ws = wp.shape[1]
-    direction = np.broadcast_to(coarse_normal.reshape(1, -1), (num_ws, wp.shape[2]))
-    moved = edit_wplus(wp, direction, config.alpha, keep_layers=())
-    layers = [layer for layer in config.mix_layers if layer < num_ws]
-    mixed = moved.copy()
-    mixed[:, layers] = (1.0 - config.mix_ratio) * moved[:, layers] + config.mix_ratio * wp[:, layers]
-    return mixed
+    mixed = tuple(layer for layer in config.mix_layers if layer < wp.shape[1])
+    return pipeline_coarse_edit(wp, coarse_normal, config.alpha, mixed, config.mix_ratio)
 
 
 def neck_region(image_rgb: np.ndarray, registry: ModelRegistry) -> np.ndarray | None:
-    """The seed's region: the neck mask of the face (parsing, with the landmarks when a face is found)."""
-    from worker.pipeline.masks import neck_mask_from_parsing, neck_masks, parse_face
+    """The seed's region (remove_double_chin_step1.py's get_neck_mask): the neck class and the skin below the
+    landmarks' line, the jaw cut out, dilated 7 at 512 px; None when no face is found (the seed needs its chin)."""
+    from worker.pipeline.masks import neck_masks
 
-    landmarks = None
-    if registry.landmarker is not None:
-        faces = registry.landmarker.detect(image_rgb)
-        if faces:
-            box = max(faces, key=lambda face: (face.right - face.left) * (face.bottom - face.top))
-            landmarks = registry.landmarker.landmarks(image_rgb, box)
-    if landmarks is not None:
-        neck = neck_masks(image_rgb, landmarks, registry.face_parser).neck_mask
-    elif registry.face_parser is not None:
-        neck = neck_mask_from_parsing(parse_face(registry.face_parser, image_rgb))
-    else:
+    faces = registry.landmarker.detect(image_rgb) if registry.landmarker is not None else []
+    if not faces:
         return None
+    box = max(faces, key=lambda face: (face.right - face.left) * (face.bottom - face.top))
+    neck = neck_masks(image_rgb, registry.landmarker.landmarks(image_rgb, box), registry.face_parser).neck_mask
     return neck if neck.any() else None
 
 
@@ -123,7 +112,7 @@ def diffuse_code(
         steps=config.diffuse_steps, learning_rate=config.diffuse_lr, perceptual_weight=config.perceptual_weight
     )
     result = refine_diffuse(
-        registry.generator, wp, edited_rgb, original_rgb, region, soft_mask, registry.perceptual, diffuse
+        registry.generator, wp, edited_rgb, original_rgb, region, soft_mask, registry.diffuse_perceptual, diffuse
     )
     return result.wp
 
@@ -141,13 +130,13 @@ def region_function(path: str) -> RegionFunction:
 
 
 def require_pair_models(registry: ModelRegistry) -> None:
-    missing = [name for name, model in (("generator", registry.generator), ("perceptual", registry.perceptual))
-               if model is None]  # fmt: skip
+    """Pairs need the generator and the diffuse's perceptual model (the region function may need more)."""
+    from worker.registry import DIFFUSE_PERCEPTUAL, GENERATOR
+
+    missing = [name for name, model in ((GENERATOR, registry.generator),
+                                        (DIFFUSE_PERCEPTUAL, registry.diffuse_perceptual)) if model is None]  # fmt: skip
     if missing:
-        raise TrainingError(
-            f"pairs need the generator and the perceptual model; missing: {', '.join(registry.missing)} "
-            f"(`chinfix models pull {' '.join(registry.missing)}`)"
-        )
+        raise TrainingError(f"pairs need the model(s) {', '.join(missing)}: `chinfix models pull {' '.join(missing)}`")
 
 
 def make_pair(
