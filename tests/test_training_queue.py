@@ -30,7 +30,7 @@ from worker.training.queue import ShardBoard, ShardStatus, run_pairs_on_queue
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 LEASE_SECONDS = 3
-SLOW_DIFFUSE = ["--diffuse-steps", "12", "--diffuse-lr", "0.1", "--perceptual-weight", "1"]
+SLOW_DIFFUSE = ["--diffuse-steps", "12", "--diffuse-lr", "0.1"]
 """Long enough (a few seconds a shard) to kill a worker in the middle of one."""
 
 
