@@ -18,21 +18,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample = stages.add_parser("sample", help="draw z, w and W+ codes (and optionally images) into DIR")
     sample.add_argument("dir", type=Path)
     sample.add_argument("--num", type=int, required=True, help="how many samples")
-    sample.add_argument("--psi", type=float, default=0.8, help="truncation of the W+ codes (the seed: 0.8)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--chunk", type=int, default=1000, help="samples per file")
+    sample.add_argument("--psi", type=float, help="truncation of the W+ codes (the seed: 0.8)")
+    sample.add_argument("--seed", type=int, help="0")
+    sample.add_argument("--chunk", type=int, help="samples per file (1000)")
     sample.add_argument("--images", action="store_true", help="also write every face as DIR/images/NNNNNN.jpg")
-    sample.add_argument("--batch", type=int, default=4, help="faces synthesised at once")
+    sample.add_argument("--batch", type=int, help="faces synthesised at once (4)")
     sample.set_defaults(func=run_sample)
 
     classifier = stages.add_parser("classifier", help="train the seed's ResNeXt-50 double-chin classifier")
     classifier.add_argument("data", type=Path, help="a folder with with/ and without/ photos, or a CSV of path,label")
     classifier.add_argument("-o", "--output", type=Path, required=True, help="classifier .safetensors to write")
-    classifier.add_argument("--epochs", type=int, default=10)
-    classifier.add_argument("--batch-size", type=int, default=4, help="the seed: 4")
-    classifier.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (the seed: 1e-4, betas 0, 0.9)")
-    classifier.add_argument("--split", type=float, default=0.9, help="fraction of the photos trained on")
-    classifier.add_argument("--input-size", type=int, default=256, help="input side in pixels (the seed: 256)")
+    classifier.add_argument("--epochs", type=int, help="10")
+    classifier.add_argument("--batch-size", type=int, help="the seed: 4")
+    classifier.add_argument("--lr", type=float, help="Adam learning rate (the seed: 1e-4, betas 0, 0.9)")
+    classifier.add_argument("--split", type=float, help="fraction of the photos trained on (0.9)")
+    classifier.add_argument("--input-size", type=int, help="input side in pixels (the seed: 256)")
     classifier.add_argument("--init", type=Path, help="start from this checkpoint (.safetensors or the seed's .pth)")
     classifier.set_defaults(func=run_classifier)
 
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--classifier", type=Path, help="classifier .safetensors (or the seed's .pth)")
     source.add_argument("--labels", type=Path, help="CSV of sample,label (label 0..1)")
     source.add_argument("--scorer", help="module:function taking a worker.training.score.SampleBatch")
-    score.add_argument("--batch", type=int, default=8, help="samples scored at once")
+    score.add_argument("--batch", type=int, help="samples scored at once (8)")
     score.set_defaults(func=run_score)
 
     coarse = stages.add_parser("coarse", help="the coarse W boundary: a linear SVM on the extreme scores")
@@ -50,25 +50,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     coarse.add_argument("-o", "--output", type=Path, required=True, help="normal .npy (the intercept goes beside it)")
     coarse.add_argument("--codes", type=Path, help="N x w_dim codes .npy")
     coarse.add_argument("--scores", type=Path, help="N (or N x 1) scores .npy")
-    coarse.add_argument("--ratio", type=float, default=0.1, help="top and bottom fraction (or count) used (the seed: 0.1)")
-    coarse.add_argument("--split", type=float, default=0.9, help="fraction trained on (the seed: 0.9)")
+    coarse.add_argument("--ratio", type=float, help="top and bottom fraction (or count) used (the seed: 0.1)")
+    coarse.add_argument("--split", type=float, help="fraction trained on (the seed: 0.9)")
     coarse.add_argument("--condition", type=Path, help="another W boundary whose component is removed")
-    coarse.add_argument("--seed", type=int, default=0)
+    coarse.add_argument("--seed", type=int, help="of the train/validation split (0)")
     coarse.set_defaults(func=run_coarse)
 
     pairs = stages.add_parser("pairs", help="pairs of codes with and without a double chin (coarse edit + diffuse)")
     pairs.add_argument("dir", type=Path)
     pairs.add_argument("--coarse", type=Path, required=True, help="the coarse boundary .npy")
-    pairs.add_argument("--threshold", type=float, default=0.95, help="samples scoring above it are paired (seed: 0.95)")
-    pairs.add_argument("--alpha", type=float, default=-4.0, help="coarse edit strength (the seed: -4)")
-    pairs.add_argument("--mix-ratio", type=float, default=0.8, help="share of the original in layers 7..17 (seed: 0.8)")
-    pairs.add_argument("--dilate", type=int, default=15, help="region dilation at 1024 px (the seed: 15)")
-    pairs.add_argument("--blur", type=int, default=25, help="soft mask blur at 1024 px (the seed: 25)")
-    pairs.add_argument("--diffuse-steps", type=int, default=100, help="the seed: 100")
-    pairs.add_argument("--diffuse-lr", type=float, default=0.01, help="the seed: 0.01")
-    pairs.add_argument("--perceptual-weight", type=float, default=5e-5, help="the seed's step 2: 5e-5")
-    pairs.add_argument("--region", default="worker.training.pairs:neck_region", help="module:function of the region")
-    pairs.add_argument("--shard-size", type=int, default=8,
+    pairs.add_argument("--threshold", type=float, help="samples scoring above it are paired (seed: 0.95)")
+    pairs.add_argument("--alpha", type=float, help="coarse edit strength (the seed: -4)")
+    pairs.add_argument("--mix-ratio", type=float, help="share of the original in layers 7..17 (the seed: 0.8)")
+    pairs.add_argument("--dilate", type=int, help="soft mask dilation at 1024 px (the seed: 15)")
+    pairs.add_argument("--blur", type=int, help="soft mask blur at 1024 px (the seed: 25)")
+    pairs.add_argument("--diffuse-steps", type=int, help="the seed: 100")
+    pairs.add_argument("--diffuse-lr", type=float, help="the seed: 0.01")
+    pairs.add_argument("--perceptual-weight", type=float, help="the seed's step 2: 5e-5")
+    pairs.add_argument("--region", help="module:function of the region (default: the seed's neck mask)")
+    pairs.add_argument("--shard-size", type=int,
                        help="samples per shard: the unit of resumption, and how long a queued shard keeps a worker from photos")
     pairs.add_argument("--queue", action="store_true", help="run the shards as RQ jobs on the workers")
     pairs.add_argument("--no-wait", action="store_true", help="with --queue: queue the shards and return")
@@ -83,9 +83,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fine.add_argument("dir", type=Path, nargs="?", help="training directory (or give --pairs)")
     fine.add_argument("-o", "--output", type=Path, required=True, help="folder for boundary.npy and intercept.npy")
     fine.add_argument("--pairs", type=Path, nargs=2, metavar=("WITH", "WITHOUT"), help="N x num_ws x w_dim .npy each")
-    fine.add_argument("--split", type=float, default=0.9, help="fraction of the pairs trained on (the seed: 0.9)")
-    fine.add_argument("--seed", type=int, default=0)
+    fine.add_argument("--split", type=float, help="fraction of the pairs trained on (the seed: 0.9)")
+    fine.add_argument("--seed", type=int, help="of the train/validation split (0)")
     fine.set_defaults(func=run_fine)
+
+
+def given(**options: object) -> dict[str, object]:
+    """The options given on the command line: the library's defaults (the seed's numbers) stand for the rest."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def fail(stage: str, message: str) -> int:
@@ -137,8 +142,8 @@ def run_sample(args: argparse.Namespace) -> int:
     from worker.training.directory import TrainingDir
     from worker.training.sample import run_sample as sample
 
-    manifest = sample(load_generator_from_store(), TrainingDir(args.dir), args.num, args.psi, args.seed, args.chunk,
-                      args.images, args.batch)  # fmt: skip
+    manifest = sample(load_generator_from_store(), TrainingDir(args.dir), args.num, images=args.images,
+                      **given(psi=args.psi, seed=args.seed, chunk_size=args.chunk, batch_size=args.batch))  # fmt: skip
     print(json.dumps({"samples": manifest.num, "chunks": manifest.num_chunks}))
     return 0
 
@@ -149,8 +154,8 @@ def run_classifier(args: argparse.Namespace) -> int:
     from worker.registry import resolve_device
     from worker.training.classifier import TrainConfig, train_classifier_command
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                         split_ratio=args.split, input_size=args.input_size)  # fmt: skip
+    config = TrainConfig(**given(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                                 split_ratio=args.split, input_size=args.input_size))  # fmt: skip
     accuracies = train_classifier_command(args.data, args.output, config, Settings(), args.init,
                                           resolve_device(Settings().device))  # fmt: skip
     print(json.dumps({"validation_accuracy": accuracies}))
@@ -174,7 +179,7 @@ def run_score(args: argparse.Namespace) -> int:
         scorer = classifier_scorer_from_files(args.classifier, Settings(), G.w_avg.device)
     else:
         scorer = scorer_function(args.scorer)
-    scores = score(G, directory, scorer, args.batch)
+    scores = score(G, directory, scorer, **given(batch_size=args.batch))
     print(json.dumps({"samples": len(scores), "mean": round(float(scores.mean()), 4),
                       "above_0.95": int((scores > 0.95).sum())}))  # fmt: skip
     return 0
@@ -207,7 +212,8 @@ def run_coarse(args: argparse.Namespace) -> int:
     else:
         raise TrainingError("give a training directory, or --codes and --scores")
     condition = load_w_normal(args.condition) if args.condition is not None else None
-    boundary = train_coarse_boundary(codes, scores, args.ratio, args.split, args.seed, condition)
+    boundary = train_coarse_boundary(codes, scores, condition=condition,
+                                     **given(ratio=args.ratio, split_ratio=args.split, seed=args.seed))  # fmt: skip
     write_coarse_boundary(args.output, boundary)
     print(json.dumps({"validation_accuracy": boundary.validation_accuracy, "train_samples": boundary.train_samples}))
     return 0
@@ -220,14 +226,13 @@ def run_pairs(args: argparse.Namespace) -> int:
     from worker.training.directory import TrainingDir
     from worker.training.pairs import PairConfig, plan_pairs, region_function
 
-    region_function(args.region)
-    config = PairConfig(
-        alpha=args.alpha, mix_ratio=args.mix_ratio, dilate_at_1024=args.dilate, blur_at_1024=args.blur,
-        diffuse_steps=args.diffuse_steps, diffuse_lr=args.diffuse_lr, perceptual_weight=args.perceptual_weight,
-        region=args.region,
-    )  # fmt: skip
+    config = PairConfig(**given(alpha=args.alpha, mix_ratio=args.mix_ratio, dilate_at_1024=args.dilate,
+                                blur_at_1024=args.blur, diffuse_steps=args.diffuse_steps, diffuse_lr=args.diffuse_lr,
+                                perceptual_weight=args.perceptual_weight, region=args.region))  # fmt: skip
+    region_function(config.region)
     directory = TrainingDir(args.dir)
-    plan = plan_pairs(directory, load_w_normal(args.coarse), config, args.threshold, args.shard_size)
+    plan = plan_pairs(directory, load_w_normal(args.coarse), config,
+                      **given(threshold=args.threshold, shard_size=args.shard_size))  # fmt: skip
     settings = Settings()
     if args.queue:
         from worker.training.queue import run_pairs_on_queue
@@ -281,7 +286,7 @@ def run_fine(args: argparse.Namespace) -> int:
         with_codes, without_codes = collect_pairs(TrainingDir(args.dir))
     else:
         raise TrainingError("give a training directory, or --pairs WITH WITHOUT")
-    boundaries = train_fine_boundary(with_codes, without_codes, args.split, args.seed)
+    boundaries = train_fine_boundary(with_codes, without_codes, **given(split_ratio=args.split, seed=args.seed))
     write_fine_boundary(args.output, boundaries)
     print(json.dumps({"validation_accuracy": [b.validation_accuracy for b in boundaries]}))
     return 0

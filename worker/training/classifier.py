@@ -5,7 +5,7 @@ the input is the RGB face in [0, 1] (no mean/std normalisation) multiplied by a 
 above the parsed neck's top (its centre minus 0.65 of its height) down to the bottom of the image, all zeros when
 the parser finds no neck. Outputs are sigmoids of the two logits ([no double chin, double chin]), trained with
 BCE against one-hot labels, Adam lr 1e-4, betas (0, 0.9), batch 4, random horizontal flips. The seed called a
-face double-chinned when output[1] > 0.95.
+face double-chinned when output[1] > 0.95 (`worker.training.pairs.SEED_CHIN_THRESHOLD`).
 
 Checkpoints: `.safetensors` with torchvision's key names, or the seed's published `classification_model.pth`
 (a dict {'iteration', 'model': state dict}, read without executing pickled code).
@@ -38,7 +38,6 @@ EXPANSION = 4
 SEED_INPUT_SIZE = 256
 NECK_BAND_SCALE = 1.3
 """The seed's band starts half of 1.3 neck heights above the neck's centre (get_simple_neck_mask)."""
-SEED_CHIN_CUT = 0.95
 LABELS = ("without", "with")
 
 

@@ -3,13 +3,14 @@
 For each sample scored as a double chin (probability above `threshold`, the seed's classifier cut 0.95):
 1. coarse edit: wp + alpha * n (alpha -4, n the coarse W normal on every layer), then style mixing: layers 7..17
    become 0.2 * edited + 0.8 * original, so mostly the coarse layers move;
-2. the neck region M of the ORIGINAL face, dilated 15 and blurred 25 (at 1024 px) into the soft mask D;
+2. the neck region M of the ORIGINAL face (the seed's `get_neck_mask`), dilated 15 and blurred 25 (at 1024 px)
+   into the soft mask D;
 3. diffuse: from the original code, fit the original outside D and the coarse-edited face inside M (pixel loss
-   outside D plus a perceptual term, 100 Adam steps at lr 0.01, perceptual weight 5e-5);
-4. the pair is (wp, the diffused code). A face whose region is empty (no neck found) is skipped and recorded.
+   outside D plus the seed's VGG16 feature error, 100 Adam steps at lr 0.01, perceptual weight 5e-5);
+4. the pair is (wp, the diffused code). A face without a region (no face or neck found) is skipped and recorded.
 
-The pipeline owns the edit, mask and diffuse code; `coarse_edit`, `region_masks` and `diffuse_code` below are the
-only places this stage calls it. Samples are grouped into shards, the unit of resumption and of the queue
+The pipeline owns the edit, mask and diffuse code; `coarse_edit`, `neck_region`, `region_masks` and `diffuse_code`
+below are the only places this stage calls it. Samples are grouped into shards, the unit of resumption and of the queue
 (`worker.training.queue`).
 """
 
@@ -24,6 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from worker.pipeline.edit import COARSE_ALPHA, COARSE_MIX_RATIO, KEPT_FINE_LAYERS
+from worker.pipeline.masks import WARP_SOFT_MASK
+from worker.pipeline.refine import TRAINING_DIFFUSE
 from worker.training.directory import TrainingDir, TrainingError, load_npy, progress_bar, save_json, save_npy
 from worker.training.sample import check_generator
 
@@ -32,6 +36,8 @@ if TYPE_CHECKING:
 
 SEED_CHIN_THRESHOLD = 0.95
 """The seed's classifier called a face double-chinned at probability > 0.95 (classify.py check_double_chin)."""
+DEFAULT_SHARD_SIZE = 8
+"""Samples per shard: the unit of resumption, and how long a queued shard keeps a worker from photos."""
 
 RegionFunction = Callable[[np.ndarray, "ModelRegistry"], "np.ndarray | None"]
 """region(image SxSx3 uint8 RGB, registry) → SxS bool region to re-synthesise, or None when there is none."""
@@ -39,16 +45,16 @@ RegionFunction = Callable[[np.ndarray, "ModelRegistry"], "np.ndarray | None"]
 
 @dataclass(frozen=True)
 class PairConfig:
-    """The seed's numbers (remove_double_chin_step1.py and step2.py) as defaults."""
+    """The seed's numbers (remove_double_chin_step1.py and step2.py) as defaults, from the pipeline's constants."""
 
-    alpha: float = -4.0
-    mix_layers: tuple[int, ...] = tuple(range(7, 18))
-    mix_ratio: float = 0.8
-    dilate_at_1024: int = 15
-    blur_at_1024: int = 25
-    diffuse_steps: int = 100
-    diffuse_lr: float = 0.01
-    perceptual_weight: float = 5e-5
+    alpha: float = COARSE_ALPHA
+    mix_layers: tuple[int, ...] = KEPT_FINE_LAYERS
+    mix_ratio: float = COARSE_MIX_RATIO
+    dilate_at_1024: int = WARP_SOFT_MASK.dilate_at_1024
+    blur_at_1024: int = WARP_SOFT_MASK.blur_at_1024
+    diffuse_steps: int = TRAINING_DIFFUSE.steps
+    diffuse_lr: float = TRAINING_DIFFUSE.learning_rate
+    perceptual_weight: float = TRAINING_DIFFUSE.perceptual_weight
     region: str = "worker.training.pairs:neck_region"
 
     @classmethod
@@ -218,7 +224,11 @@ def coarse_copy_path(directory: TrainingDir) -> Path:
 
 
 def plan_pairs(
-    directory: TrainingDir, coarse_normal: np.ndarray, config: PairConfig, threshold: float, shard_size: int
+    directory: TrainingDir,
+    coarse_normal: np.ndarray,
+    config: PairConfig,
+    threshold: float = SEED_CHIN_THRESHOLD,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> PairPlan:
     """The plan of DIR (made now, or the one a previous run made, which must have the same settings)."""
     scores = directory.load_scores()
