@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from chinfix.codes import fit_code
 from chinfix.contract import EditOptions, RefineMethod, ReturnKind, Stage
 from worker.models.landmarks import FaceBox
+from worker.models.stylegan2 import FixedNoiseGenerator
 from worker.pipeline.align import find_and_align
 from worker.pipeline.compose import paste_back
 from worker.pipeline.edit import KEPT_FINE_LAYERS, EditConfig, remove_double_chin
-from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, invert_wplus, targets_from_rgb
+from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, noise_tensors, project, targets_from_rgb
 from worker.pipeline.masks import NeckMasks, SoftMaskConfig, neck_masks, soft_neck_mask
 from worker.pipeline.refine import (
     DiffuseConfig,
@@ -66,7 +68,7 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
-        inversion = INVERSION_PRESETS[settings.invert_preset]
+        inversion = replace(INVERSION_PRESETS[settings.invert_preset], space=settings.invert_space)
         if settings.invert_steps is not None:
             inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
@@ -111,12 +113,19 @@ class StageClock:
 
 
 def edit_portrait(
-    photo_rgb: np.ndarray, options: EditOptions, registry: ModelRegistry, progress: StageProgress
+    photo_rgb: np.ndarray,
+    options: EditOptions,
+    registry: ModelRegistry,
+    progress: StageProgress,
+    code: np.ndarray | None = None,
 ) -> EditResult:
-    """Remove the double chin of one face in an HxWx3 uint8 RGB photo, using the registry's models."""
+    """Remove the double chin of one face in an HxWx3 uint8 RGB photo, using the registry's models.
+
+    code: a ready-made latent code of the aligned face (`chinfix.codes.read_code`), used instead of inverting it.
+    """
     registry.require_complete()
     config = PipelineConfig.from_settings(registry.settings)
-    return run_pipeline(photo_rgb, options, registry, config, progress)
+    return run_pipeline(photo_rgb, options, registry, config, progress, code)
 
 
 def run_pipeline(
@@ -125,6 +134,7 @@ def run_pipeline(
     registry: ModelRegistry,
     config: PipelineConfig,
     progress: StageProgress,
+    code: np.ndarray | None = None,
 ) -> EditResult:
     G = registry.generator
     clock = StageClock(registry.device)
@@ -144,21 +154,28 @@ def run_pipeline(
 
     with clock.stage(Stage.INVERT):
         progress(Stage.INVERT, 0.0)
-        inversion = invert_wplus(
-            G,
-            targets_from_rgb([original_crop], registry.device),
-            registry.perceptual,
-            config.inversion,
-            progress=lambda step, total, _losses: progress(Stage.INVERT, step / total),
-        )
-        original_wp = inversion.wp
-        reconstruction = synthesise(G, original_wp, registry.device)
-        report["inversion"] = {
-            "steps": int(inversion.steps_run[0]),
-            "stopped_early": bool(inversion.stopped_early[0]),
-            "final_loss": round(float(inversion.losses[0, inversion.steps_run[0] - 1]), 5),
-        }
-        debug["reconstruction"] = reconstruction
+        if code is None:
+            inversion = project(
+                G,
+                targets_from_rgb([original_crop], registry.device),
+                registry.perceptual,
+                config.inversion,
+                w_stats=registry.w_stats,
+                progress=lambda step, total, _losses: progress(Stage.INVERT, step / total),
+            )
+            original_wp = inversion.wp
+            # Every later synthesis uses the noise the projector found for this crop (see README: noise).
+            G = FixedNoiseGenerator(G, noise_tensors(inversion.noise, registry.device))
+            report["code"] = "inverted"
+            report["inversion"] = {
+                "space": config.inversion.space,
+                "steps": config.inversion.steps,
+                "final_loss": round(float(inversion.final_losses[0]), 5),
+            }
+        else:
+            original_wp = fit_code(code, G.num_ws, G.w_dim)
+            report["code"] = "given"
+        debug["reconstruction"] = synthesise(G, original_wp, registry.device)
 
     with clock.stage(Stage.EDIT):
         progress(Stage.EDIT, 0.0)
@@ -194,7 +211,7 @@ def run_pipeline(
         report["mask_source"] = original_masks.source.value
         debug["soft_mask"] = np.round(soft_mask * 255).astype(np.uint8)
         refined = refine(
-            options.refine, registry, config, original_wp, original_crop, edited_crop,
+            options.refine, G, registry, config, original_wp, original_crop, edited_crop,
             original_masks, edited_masks, neck_mask, soft_mask,
             lambda step, total, _losses: progress(Stage.REFINE, step / total),
         )  # fmt: skip
@@ -212,6 +229,7 @@ def run_pipeline(
 
 def refine(
     method: RefineMethod,
+    G: torch.nn.Module | FixedNoiseGenerator,
     registry: ModelRegistry,
     config: PipelineConfig,
     original_wp: np.ndarray,
@@ -225,7 +243,7 @@ def refine(
 ) -> RefineResult:
     if method is RefineMethod.DIFFUSE:
         return refine_diffuse(
-            registry.generator, original_wp, edited_crop, original_crop, neck_mask, soft_mask,
+            G, original_wp, edited_crop, original_crop, neck_mask, soft_mask,
             registry.perceptual, config.diffuse, step_progress,
         )  # fmt: skip
     if method is RefineMethod.WARP:
@@ -236,8 +254,8 @@ def refine(
 
 
 @torch.no_grad()
-def synthesise(G: torch.nn.Module, wp: np.ndarray, device: torch.device) -> np.ndarray:
-    """1 x num_ws x w_dim float32 code → SxSx3 uint8 RGB."""
+def synthesise(G: torch.nn.Module | FixedNoiseGenerator, wp: np.ndarray, device: torch.device) -> np.ndarray:
+    """1 x num_ws x w_dim float32 code → SxSx3 uint8 RGB, with G's noise (its own constant or fixed maps)."""
     images = G.synthesis(torch.as_tensor(wp, dtype=torch.float32, device=device), noise_mode="const")
     return rgb_from_images(images)[0]
 
