@@ -154,28 +154,9 @@ def run_pipeline(
 
     with clock.stage(Stage.INVERT):
         progress(Stage.INVERT, 0.0)
-        if code is None:
-            inversion = project(
-                G,
-                targets_from_rgb([original_crop], registry.device),
-                registry.perceptual,
-                config.inversion,
-                w_stats=registry.w_stats,
-                progress=lambda step, total, _losses: progress(Stage.INVERT, step / total),
-            )
-            original_wp = inversion.wp
-            # Every later synthesis uses the noise the projector found for this crop (see README: noise).
-            G = FixedNoiseGenerator(G, noise_tensors(inversion.noise, registry.device))
-            report["code"] = "inverted"
-            report["inversion"] = {
-                "space": config.inversion.space,
-                "steps": config.inversion.steps,
-                "final_loss": round(float(inversion.final_losses[0]), 5),
-            }
-        else:
-            original_wp = fit_code(code, G.num_ws, G.w_dim)
-            report["code"] = "given"
-        debug["reconstruction"] = synthesise(G, original_wp, registry.device)
+        original_wp, generator, facts = code_of_crop(original_crop, code, registry, config.inversion, progress)
+        report.update(facts)
+        debug["reconstruction"] = synthesise(generator, original_wp, registry.device)
 
     with clock.stage(Stage.EDIT):
         progress(Stage.EDIT, 0.0)
@@ -196,7 +177,7 @@ def run_pipeline(
 
     with clock.stage(Stage.REFINE):
         progress(Stage.REFINE, 0.0)
-        edited_crop = synthesise(G, edit.wp, registry.device)
+        edited_crop = synthesise(generator, edit.wp, registry.device)
         debug["edited"] = edited_crop
         original_masks = neck_masks(original_crop, found.landmarks_aligned, registry.face_parser, config.soft_mask)
         edited_masks = neck_masks(
@@ -211,7 +192,7 @@ def run_pipeline(
         report["mask_source"] = original_masks.source.value
         debug["soft_mask"] = np.round(soft_mask * 255).astype(np.uint8)
         refined = refine(
-            options.refine, G, registry, config, original_wp, original_crop, edited_crop,
+            options.refine, generator, registry, config, original_wp, original_crop, edited_crop,
             original_masks, edited_masks, neck_mask, soft_mask,
             lambda step, total, _losses: progress(Stage.REFINE, step / total),
         )  # fmt: skip
@@ -227,9 +208,37 @@ def run_pipeline(
     return EditResult(image=image, report=report, debug_images=debug)
 
 
+def code_of_crop(
+    crop_rgb: np.ndarray,
+    code: np.ndarray | None,
+    registry: ModelRegistry,
+    config: InversionConfig,
+    progress: StageProgress,
+) -> tuple[np.ndarray, torch.nn.Module | FixedNoiseGenerator, dict[str, Any]]:
+    """The aligned SxSx3 uint8 crop's 1 x num_ws x w_dim float32 code, the generator every later stage synthesises
+    with, and the report's facts: the projector's code with the noise maps it optimised for the crop (the image it
+    matched), or a given code with the generator's constant noise (the code came without maps)."""
+    G = registry.generator
+    if code is not None:
+        return fit_code(code, G.num_ws, G.w_dim), G, {"code": "given"}
+    inversion = project(
+        G,
+        targets_from_rgb([crop_rgb], registry.device),
+        registry.perceptual,
+        config,
+        w_stats=registry.w_stats,
+        progress=lambda step, total, _losses: progress(Stage.INVERT, step / total),
+    )
+    facts = {
+        "code": "inverted",
+        "inversion": {"space": config.space, "steps": config.steps, "final_loss": round(float(inversion.final_losses[0]), 5)},
+    }
+    return inversion.wp, FixedNoiseGenerator(G, noise_tensors(inversion.noise, registry.device)), facts
+
+
 def refine(
     method: RefineMethod,
-    G: torch.nn.Module | FixedNoiseGenerator,
+    generator: torch.nn.Module | FixedNoiseGenerator,
     registry: ModelRegistry,
     config: PipelineConfig,
     original_wp: np.ndarray,
@@ -243,7 +252,7 @@ def refine(
 ) -> RefineResult:
     if method is RefineMethod.DIFFUSE:
         return refine_diffuse(
-            G, original_wp, edited_crop, original_crop, neck_mask, soft_mask,
+            generator, original_wp, edited_crop, original_crop, neck_mask, soft_mask,
             registry.perceptual, config.diffuse, step_progress,
         )  # fmt: skip
     if method is RefineMethod.WARP:
