@@ -29,3 +29,11 @@ def hang_in_invert(photo, options, registry, progress) -> EditResult:
     progress(Stage.INVERT, 0.1)
     time.sleep(600)
     raise AssertionError("the test kills the worker long before this")
+
+
+def slow_darken(photo, options, registry, progress) -> EditResult:
+    """`darken_lower_third` after two seconds of reported progress: a job that is running when Redis drops."""
+    for step in range(10):
+        progress(Stage.INVERT, step / 10)
+        time.sleep(0.2)
+    return darken_lower_third(photo, options, registry, progress)
