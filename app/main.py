@@ -10,6 +10,7 @@ from rq import Queue
 from app.errors import install_error_handlers
 from app.limits import RateLimiter
 from app.metrics import install_metrics
+from app.page import install_page
 from app.routes import health_router, jobs_router
 from chinfix.contract import RedisKeys
 from chinfix.jobs import JobStore, connect_redis
@@ -47,4 +48,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_metrics(app, app.state.job_store, app.state.queue)
     app.include_router(health_router)
     app.include_router(jobs_router)
+    install_page(app)
     return app

@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     JOB_TIMEOUT = "job_timeout"
     WORKER_LOST = "worker_lost"
     JOB_LOST = "job_lost"
+    LOW_QUALITY = "low_quality"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -70,6 +71,17 @@ class RefineMethod(StrEnum):
     DIFFUSE = "diffuse"
     WARP = "warp"
     NONE = "none"
+
+
+class QualityPolicy(StrEnum):
+    """What the worker does with an edit that fails the quality gate."""
+
+    RETURN_ORIGINAL = "return_original"
+    """the job succeeds and the photo comes back unchanged; the report's `quality.reasons` say why"""
+    FAIL = "fail"
+    """the job fails with `low_quality`"""
+    REPORT = "report"
+    """the edit comes back all the same (the paper's behaviour); the report still says it failed the gate"""
 
 
 class OutputFormat(StrEnum):

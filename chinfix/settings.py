@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import model_store
+from chinfix.contract import QualityPolicy
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_TENANT = "default"
@@ -126,6 +127,17 @@ class Settings(BaseSettings):
     )
     condition_pose: bool = Field(
         False, description="remove the yaw component from the edit direction (needs pose_yaw_boundary)"
+    )
+
+    # quality gate (README: "Quality facts and the quality gate" says how the defaults were chosen)
+    min_identity: float = Field(
+        0.95, ge=-1, le=1, description="least cosine similarity of the original's and the edit's face descriptors"
+    )
+    max_neck_lpips: float = Field(
+        0.4, ge=0, description="largest LPIPS of the reconstruction against the photo inside the neck mask"
+    )
+    quality_policy: QualityPolicy = Field(
+        QualityPolicy.RETURN_ORIGINAL, description="what an edit failing the gate becomes: return_original, fail, report"
     )
 
     @field_validator("api_keys", mode="before")

@@ -103,8 +103,8 @@ def outcome_of(store: JobStore, job_id: str, registry: ModelRegistry, retry: Red
         return edit(store, job_id, registry, retry)
     except ChinfixError as error:
         log.info("job %s failed: %s (%s)", job_id, error.code, error.message)
-        code, message = error.code, error.message  # `error` is unbound once the except block ends
-        return lambda: store.fail(job_id, code, message)
+        code, message, report = error.code, error.message, error.report  # `error` is unbound after the block
+        return lambda: store.fail(job_id, code, message, report)
     except JobTimeoutException:
         message = f"The edit took longer than the {registry.settings.job_timeout_seconds} s limit."
         return lambda: store.fail(job_id, ErrorCode.JOB_TIMEOUT, message)
