@@ -163,7 +163,8 @@ def run_pipeline(
         progress(Stage.INVERT, 0.0)
         original_wp, generator, facts = code_of_crop(original_crop, code, registry, config.inversion, progress)
         report.update(facts)
-        debug["reconstruction"] = synthesise(generator, original_wp, registry.device)
+        reconstruction = synthesise(generator, original_wp, registry.device)
+        debug["reconstruction"] = reconstruction
 
     with clock.stage(Stage.EDIT):
         progress(Stage.EDIT, 0.0)
