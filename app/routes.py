@@ -24,11 +24,13 @@ from app.limits import RateLimiter
 from app.openapi import edit_request_schema, error_responses, image_content, job_links
 from app.schemas import JobAccepted, JobLinks, JobView, Readiness, ResultInfo, WorkerView, timestamp
 from chinfix.contract import DEBUG_IMAGE_NAMES, EditOptions, ErrorCode, JobStatus
-from chinfix.errors import describe_validation_errors
+from chinfix.codes import MAX_CODE_BYTES, read_code
+from chinfix.errors import ChinfixError, describe_validation_errors
 from chinfix.imaging import ImageLimits, UploadInfo, check_upload
 from chinfix.jobs import DeleteOutcome, JobRecord, JobStore, new_job_id
 
 EDIT_JOB_FUNCTION = "worker.jobs.run_edit_job"
+FILE_FIELDS = ("image", "code")
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 20
 QUEUE_FULL_RETRY_AFTER_S = 60
@@ -92,16 +94,17 @@ async def submit_edit(request: Request, response: Response, tenant: Tenant = Dep
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise _upload_too_large(settings.max_upload_bytes)
-    options = parse_options([(key, value) for key, value in form.multi_items() if key != "image"])
+    options = parse_options([(key, value) for key, value in form.multi_items() if key not in FILE_FIELDS])
     await _check_upload(request, data)
+    code_bytes = await read_code_field(form.get("code"))
 
-    job_id = await anyio.to_thread.run_sync(create_job, request, tenant, data, options)
+    job_id = await anyio.to_thread.run_sync(create_job, request, tenant, data, options, code_bytes)
     links = _links(request, job_id, [])
     response.headers["Location"] = links.self
     return JobAccepted(id=job_id, status=JobStatus.QUEUED, links=links)
 
 
-def create_job(request: Request, tenant: Tenant, data: bytes, options: EditOptions) -> str:
+def create_job(request: Request, tenant: Tenant, data: bytes, options: EditOptions, code_bytes: bytes | None) -> str:
     """Count the job against the tenant's quota, then store and queue it; the new job's id."""
     settings = request.app.state.settings
     queue: Queue = request.app.state.queue
@@ -129,7 +132,7 @@ def create_job(request: Request, tenant: Tenant, data: bytes, options: EditOptio
         )
 
     try:
-        store.create(job_id, data, options, tenant.owner, enqueue)
+        store.create(job_id, data, options, tenant.owner, enqueue, code_bytes=code_bytes)
     except RedisError:
         store.release_slot(tenant.owner, job_id)
         raise
@@ -139,13 +142,27 @@ def create_job(request: Request, tenant: Tenant, data: bytes, options: EditOptio
 async def _read_form(request: Request) -> FormData:
     """The multipart body; a malformed one (two files, an option sent as a file, too many fields) is 422."""
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+        form = await request.form(max_files=len(FILE_FIELDS), max_fields=MAX_FORM_FIELDS)
     except StarletteHTTPException as error:
         raise ApiError(422, ErrorCode.INVALID_OPTIONS, f"The multipart body was refused: {error.detail}.") from None
     files = [key for key, value in form.multi_items() if isinstance(value, UploadFile)]
-    if files and files != ["image"]:
-        raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Only the field 'image' may be a file, and only once.")
+    if len(files) != len(set(files)) or not set(files) <= set(FILE_FIELDS):
+        raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Only the fields 'image' and 'code' may be files, each once.")
     return form
+
+
+async def read_code_field(field: object) -> bytes | None:
+    """The optional `code` file field: its bytes once `read_code` accepts them, 422 invalid_code otherwise."""
+    if field is None:
+        return None
+    if not isinstance(field, UploadFile):
+        raise ApiError(422, ErrorCode.INVALID_CODE, "Send the code as a multipart file field named 'code' (a .npy file).")
+    data = await field.read(MAX_CODE_BYTES + 1)
+    try:
+        read_code(data)
+    except ChinfixError as error:
+        raise ApiError(422, ErrorCode.INVALID_CODE, error.message) from None
+    return data
 
 
 async def _check_upload(request: Request, data: bytes) -> UploadInfo:

@@ -21,6 +21,7 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from chinfix.codes import read_code
 from chinfix.contract import EditOptions, ErrorCode, OutputFormat, Stage
 from chinfix.errors import ChinfixError
 from chinfix.imaging import ImageLimits, decode_image, encode_image
@@ -127,7 +128,10 @@ def edit(store: JobStore, job_id: str, registry: ModelRegistry, retry: RedisRetr
     limits = ImageLimits(settings.max_pixels, settings.min_side, decode_budget_bytes=settings.decode_budget_bytes)
     photo = decode_image(data, limits)
     progress = ThrottledProgress(lambda stage, value: report_progress(store, job_id, stage, value))
-    result = registry.edit_portrait(photo.rgb, options, registry, progress)
+    code_bytes = store.load_code(job_id)
+    # Passed only when sent, so pipelines that never take a code (CHINFIX_PIPELINE plug-ins) keep working.
+    code = {"code": read_code(code_bytes)} if code_bytes is not None else {}
+    result = registry.edit_portrait(photo.rgb, options, registry, progress, **code)
     encoded = encode_image(result.image, options.output, options.quality)
     debug_images = {name: encode_image(image, OutputFormat.PNG) for name, image in result.debug_images.items()}
     report = dict(result.report, total_ms=round((time.perf_counter() - started) * 1000.0, 1))

@@ -70,6 +70,8 @@ class ModelRegistry:
     store: ModelStore
     edit_portrait: Callable[..., Any]
     generator: torch.nn.Module | None = None
+    w_stats: Any | None = None
+    """The projector's w_avg and w_std of the generator (`worker.pipeline.invert.WStatistics`), computed once."""
     fine_boundary: Any | None = None
     perceptual: torch.nn.Module | None = None
     diffuse_perceptual: torch.nn.Module | None = None
@@ -102,6 +104,7 @@ class ModelRegistry:
         from worker.models.lpips import load_lpips_vgg
         from worker.models.vgg16 import load_seed_perceptual_vgg16
         from worker.pipeline.edit import load_fine_boundary, load_pose_normal
+        from worker.pipeline.invert import w_statistics
 
         backend = self.settings.landmark_backend
         fp16_resolutions, channels_last = generator_precision(self.settings.precision, self.device)
@@ -111,6 +114,8 @@ class ModelRegistry:
                 path, device=self.device, fp16_resolutions=fp16_resolutions, channels_last=channels_last
             ),
         )
+        if self.generator is not None:
+            self.w_stats = w_statistics(self.generator)
         if self.settings.fine_boundary is None:
             self.fine_boundary = self._load(FINE_BOUNDARY, load_fine_boundary)
         else:
