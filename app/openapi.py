@@ -59,7 +59,13 @@ def edit_request_schema() -> dict[str, Any]:
     """The multipart body of POST /edit: the image file and the options as form fields."""
     options = EditOptions.model_json_schema(by_alias=True)
     properties: dict[str, Any] = {
-        "image": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP or HEIC photo"}
+        "image": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP or HEIC photo"},
+        "code": {
+            "type": "string",
+            "format": "binary",
+            "description": "optional: the face's latent code (.npy, 1 x num_ws x w_dim or 1 x w_dim float32); "
+            "skips the inversion",
+        },
     }
     properties.update(inline_refs(options["properties"], options.get("$defs", {})))
     properties["callback_url"] = {

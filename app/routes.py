@@ -7,6 +7,7 @@ callback_url, POSTed the job view, signed, when the job ends (chinfix.callbacks)
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import anyio
@@ -36,12 +37,14 @@ from app.openapi import (
 from app.schemas import JobAccepted, JobLinks, JobView, Readiness, ResultInfo, WorkerView, timestamp
 from chinfix.callbacks import CallbackRefused, check_callback_url, schedule_callback
 from chinfix.contract import DEBUG_IMAGE_NAMES, EditOptions, ErrorCode, JobStatus
-from chinfix.errors import describe_validation_errors
+from chinfix.codes import MAX_CODE_BYTES, read_code
+from chinfix.errors import ChinfixError, describe_validation_errors
 from chinfix.imaging import ImageLimits, UploadInfo, check_upload
 from chinfix.jobs import DeleteOutcome, JobRecord, JobStore, new_job_id
 from chinfix.settings import Settings
 
 EDIT_JOB_FUNCTION = "worker.jobs.run_edit_job"
+FILE_FIELDS = ("image", "code")
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 20
 QUEUE_FULL_RETRY_AFTER_S = 60
@@ -106,19 +109,23 @@ async def submit_edit(request: Request, response: Response, tenant: Tenant = Dep
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise _upload_too_large(settings.max_upload_bytes)
-    fields = [(key, value) for key, value in form.multi_items() if key != "image"]
+    fields = [(key, value) for key, value in form.multi_items() if key not in FILE_FIELDS]
     callback_urls = [value for key, value in fields if key == "callback_url"]
     options = parse_options([(key, value) for key, value in fields if key != "callback_url"])
     if len(callback_urls) > 1:
         raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Send each option once: callback_url came twice.")
     callback_url = str(callback_urls[0]) if callback_urls else None
     await _check_upload(request, data)
+    code_bytes = await read_code_field(form.get("code"))
     if callback_url is not None:
         await anyio.to_thread.run_sync(require_callback_allowed, settings, tenant, callback_url)
-    digest = request_digest(data, options, callback_url)
+    # A different code is a different request: the digest covers its bytes.
+    code_sha256 = hashlib.sha256(code_bytes).hexdigest() if code_bytes is not None else None
+    digest = request_digest(data, options, callback_url, code_sha256)
     return await anyio.to_thread.run_sync(
         lambda: queue_job(
             request, response, tenant, data, options, idempotency_key, digest,
+            code_bytes=code_bytes,
             callback_url=callback_url,
             callback_base_url=_base_url(request) if callback_url else None,
         )
@@ -133,10 +140,12 @@ def queue_job(
     options: EditOptions,
     idempotency_key: str | None,
     digest: str,
+    code_bytes: bytes | None = None,
     **origin: str | None,
 ) -> JobAccepted:
     """Store and queue a job, or, for an Idempotency-Key this tenant used before on the same request (`digest`),
-    answer with the job that request created (nothing queued). `origin`: what `JobStore.create` records besides."""
+    answer with the job that request created (nothing queued). `code_bytes`: the ready-made code, if sent;
+    `origin`: what `JobStore.create` records besides."""
     store = _store(request)
     job_id = new_job_id()
     if idempotency_key is not None:
@@ -145,7 +154,7 @@ def queue_job(
             record = store.get(earlier)
             return _accepted(request, response, earlier, record.status if record else JobStatus.QUEUED)
     try:
-        create_job(request, tenant, job_id, data, options, **origin)
+        create_job(request, tenant, job_id, data, options, code_bytes, **origin)
     except Exception:
         if idempotency_key is not None:
             release_idempotency_key(store, tenant.id, idempotency_key)
@@ -173,7 +182,13 @@ def require_callback_allowed(settings: Settings, tenant: Tenant, callback_url: s
 
 
 def create_job(
-    request: Request, tenant: Tenant, job_id: str, data: bytes, options: EditOptions, **origin: str | None
+    request: Request,
+    tenant: Tenant,
+    job_id: str,
+    data: bytes,
+    options: EditOptions,
+    code_bytes: bytes | None,
+    **origin: str | None,
 ) -> None:
     """Count the job against the tenant's quota, then store and queue it."""
     settings = request.app.state.settings
@@ -201,7 +216,7 @@ def create_job(
         )
 
     try:
-        store.create(job_id, data, options, tenant.owner, enqueue, **origin)
+        store.create(job_id, data, options, tenant.owner, enqueue, code_bytes=code_bytes, **origin)
     except RedisError:
         store.release_slot(tenant.owner, job_id)
         raise
@@ -210,13 +225,27 @@ def create_job(
 async def _read_form(request: Request) -> FormData:
     """The multipart body; a malformed one (two files, an option sent as a file, too many fields) is 422."""
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+        form = await request.form(max_files=len(FILE_FIELDS), max_fields=MAX_FORM_FIELDS)
     except StarletteHTTPException as error:
         raise ApiError(422, ErrorCode.INVALID_OPTIONS, f"The multipart body was refused: {error.detail}.") from None
     files = [key for key, value in form.multi_items() if isinstance(value, UploadFile)]
-    if files and files != ["image"]:
-        raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Only the field 'image' may be a file, and only once.")
+    if len(files) != len(set(files)) or not set(files) <= set(FILE_FIELDS):
+        raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Only the fields 'image' and 'code' may be files, each once.")
     return form
+
+
+async def read_code_field(field: object) -> bytes | None:
+    """The optional `code` file field: its bytes once `read_code` accepts them, 422 invalid_code otherwise."""
+    if field is None:
+        return None
+    if not isinstance(field, UploadFile):
+        raise ApiError(422, ErrorCode.INVALID_CODE, "Send the code as a multipart file field named 'code' (a .npy file).")
+    data = await field.read(MAX_CODE_BYTES + 1)
+    try:
+        read_code(data)
+    except ChinfixError as error:
+        raise ApiError(422, ErrorCode.INVALID_CODE, error.message) from None
+    return data
 
 
 async def _check_upload(request: Request, data: bytes) -> UploadInfo:

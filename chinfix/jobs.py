@@ -160,7 +160,7 @@ if owner then redis.call('ZREM', ARGV[6] .. cjson.decode(owner) .. ':active', AR
 return 1
 """
 
-# KEYS: job, input, result, lease, running set, RQ queue list, inversion.
+# KEYS: job, input, result, lease, running set, RQ queue list, inversion, ready-made code.
 # ARGV: owner (JSON), job id, debug key prefix, tenant key prefix, running status.
 _DELETE = """
 local record = redis.call('HMGET', KEYS[1], 'status', 'owner', 'debug_images')
@@ -169,7 +169,7 @@ if record[1] == ARGV[5] then return 'running' end
 if record[3] then
   for _, name in ipairs(cjson.decode(record[3])) do redis.call('DEL', ARGV[3] .. name) end
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7], KEYS[8])
 redis.call('ZREM', KEYS[5], ARGV[2])
 redis.call('ZREM', ARGV[4] .. cjson.decode(record[2]) .. ':active', ARGV[2])
 redis.call('LREM', KEYS[6], 0, ARGV[2])
@@ -244,11 +244,12 @@ class JobStore:
         options: EditOptions,
         owner: str,
         enqueue: Callable[[redis.client.Pipeline], object],
+        code_bytes: bytes | None = None,
         **origin: str | None,
     ) -> JobRecord:
-        """Store the input and a queued record, and queue the job (`enqueue` adds it to the pipeline) in one
-        transaction: a Redis failure leaves neither a record that no worker will take nor a job without input.
-        `origin`: the record's callback_url, callback_base_url and variant_of, where given."""
+        """Store the input (and the ready-made code, if any) and a queued record, and queue the job (`enqueue` adds
+        it to the pipeline) in one transaction: a Redis failure leaves neither a record that no worker will take
+        nor a job without input. `origin`: the record's callback_url, callback_base_url and variant_of, where given."""
         given_origin = {name: value for name, value in origin.items() if value is not None}
         record = JobRecord(
             id=job_id,
@@ -262,6 +263,8 @@ class JobStore:
             # First: RQ starts the transaction (MULTI) itself, which must come before any queued command.
             enqueue(pipe)
             pipe.set(self.keys.job_input(job_id), input_bytes, ex=self.ttl_seconds)
+            if code_bytes is not None:
+                pipe.set(self.keys.job_code(job_id), code_bytes, ex=self.ttl_seconds)
             pipe.hset(
                 self.keys.job(job_id),
                 mapping=_encode(
@@ -288,6 +291,10 @@ class JobStore:
 
     def load_input(self, job_id: str) -> bytes | None:
         return self.redis.get(self.keys.job_input(job_id))
+
+    def load_code(self, job_id: str) -> bytes | None:
+        """The .npy bytes of the code sent with the photo; None when there was none."""
+        return self.redis.get(self.keys.job_code(job_id))
 
     def load_result(self, job_id: str) -> bytes | None:
         return self.redis.get(self.keys.job_result(job_id))
@@ -457,6 +464,7 @@ class JobStore:
                 self.keys.running(),
                 queue_key,
                 self.keys.job_inversion(job_id),
+                self.keys.job_code(job_id),
             ],
             args=[
                 json.dumps(owner),

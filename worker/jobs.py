@@ -21,6 +21,7 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from chinfix.codes import read_code
 from chinfix.contract import EditOptions, ErrorCode, OutputFormat, Stage
 from chinfix.errors import ChinfixError
 from chinfix.imaging import ImageLimits, decode_image, encode_image
@@ -62,20 +63,22 @@ class RedisRetry:
 
 
 class LeaseKeeper:
-    """Renews the job's lease from a thread while the pipeline runs: if the process dies, the lease expires."""
+    """Calls `renew` from a thread every `interval` seconds while a job runs: if the process dies, its lease
+    expires and whoever watches it learns that the worker is gone."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store = store
-        self.job_id = job_id
+    def __init__(self, renew: Callable[[], None], interval: float, name: str) -> None:
+        self.renew = renew
+        self.interval = interval
+        self.name = name
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._renew, name=f"lease-{job_id[:8]}", daemon=True)
+        self.thread = threading.Thread(target=self._renew, name=f"lease-{name}", daemon=True)
 
     def _renew(self) -> None:
-        while not self.stopped.wait(self.store.lease_seconds / 3):
+        while not self.stopped.wait(self.interval):
             try:
-                self.store.renew_lease(self.job_id)
+                self.renew()
             except redis.RedisError as error:
-                log.warning("could not renew the lease of job %s: %s", self.job_id, error)
+                log.warning("could not renew the lease of %s: %s", self.name, error)
 
     def __enter__(self) -> LeaseKeeper:
         self.thread.start()
@@ -93,7 +96,7 @@ def run_edit_job(job_id: str) -> None:
     if not retry(lambda: store.mark_running(job_id), f"starting job {job_id}"):
         log.info("job %s was deleted or already taken; skipping", job_id)
         return
-    with LeaseKeeper(store, job_id):
+    with LeaseKeeper(lambda: store.renew_lease(job_id), store.lease_seconds / 3, f"job {job_id}"):
         record_outcome = outcome_of(store, job_id, registry, retry)
     if not retry(record_outcome, f"recording the outcome of job {job_id}"):
         log.info("job %s ended meanwhile (deleted, or failed as worker_lost); its outcome was dropped", job_id)
@@ -145,7 +148,10 @@ def edit(store: JobStore, job_id: str, registry: ModelRegistry, retry: RedisRetr
             )
         result = registry.edit_portrait(photo.rgb, options, registry, progress, reuse=inversion_from_bytes(reused))
     else:
-        result = registry.edit_portrait(photo.rgb, options, registry, progress)
+        code_bytes = store.load_code(job_id)
+        # Passed only when sent, so pipelines that never take a code (CHINFIX_PIPELINE plug-ins) keep working.
+        code = {"code": read_code(code_bytes)} if code_bytes is not None else {}
+        result = registry.edit_portrait(photo.rgb, options, registry, progress, **code)
     inversion = inversion_to_bytes(result.inversion) if result.inversion is not None else None
     encoded = encode_result(result.image, result.photo_mask, photo, data, options)
     debug_images = {name: encode_image(image, OutputFormat.PNG) for name, image in result.debug_images.items()}

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from chinfix.contract import EditOptions, QualityPolicy, RefineMethod, ReturnKind, Stage
+from chinfix.codes import fit_code
+from chinfix.contract import EditOptions, ErrorCode, QualityPolicy, RefineMethod, ReturnKind, Stage
+from chinfix.errors import ChinfixError
 from worker.models.landmarks import FaceBox
+from worker.models.stylegan2 import FixedNoiseGenerator
 from worker.pipeline.align import (
     AlignedFace,
     FaceLandmarks,
@@ -29,7 +32,7 @@ from worker.pipeline.align import (
 )
 from worker.pipeline.compose import FacePaste, paste_back_faces
 from worker.pipeline.edit import KEPT_FINE_LAYERS, EditConfig, remove_double_chin
-from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, invert_wplus, targets_from_rgb
+from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, noise_tensors, project, targets_from_rgb
 from worker.pipeline.masks import (
     WARP_HARD_MASK,
     WARP_SOFT_MASK,
@@ -93,7 +96,7 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
-        inversion = INVERSION_PRESETS[settings.invert_preset]
+        inversion = replace(INVERSION_PRESETS[settings.invert_preset], space=settings.invert_space)
         if settings.invert_steps is not None:
             inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
@@ -144,25 +147,38 @@ def edit_portrait(
     registry: ModelRegistry,
     progress: StageProgress,
     reuse: PortraitInversion | None = None,
+    code: np.ndarray | None = None,
 ) -> EditResult:
     """Remove the double chin of the chosen face(s) in an HxWx3 uint8 RGB photo, using the registry's models;
-    with `reuse` (an earlier job's inversion of the same photo), without aligning and inverting again."""
+    with `reuse` (an earlier job's inversion of the same photo), without aligning and inverting again.
+
+    code: a ready-made latent code of the aligned face (`chinfix.codes.read_code`), used instead of inverting it.
+    """
     registry.require_complete()
     config = PipelineConfig.from_settings(registry.settings)
-    return run_pipeline(photo_rgb, options, registry, config, progress, reuse)
+    return run_pipeline(photo_rgb, options, registry, config, progress, reuse, code)
 
 
 @dataclass(frozen=True)
 class InvertedFace:
-    """What a re-edit of one face reuses: where the face is and its code."""
+    """What a re-edit of one face reuses: where the face is, its code and the noise maps found with it."""
 
     index: int
     """Among the faces found, counted left to right."""
     landmarks: np.ndarray
     """68x2 float64 in the pixels of the photo as the faces were found (turned by `quarter_turns`)."""
     wp: np.ndarray
-    """1 x num_ws x w_dim float32, the inverted code."""
+    """1 x num_ws x w_dim float32, the inverted (or given) code."""
+    noise: dict[str, np.ndarray] | None
+    """The projector's noise maps optimised with `wp`, by layer name, each 1 x 1 x R x R float32; None for a
+    given code (it came without maps: the generator's constant noise)."""
     report: dict[str, Any]
+
+    def generator(self, registry: ModelRegistry) -> torch.nn.Module | FixedNoiseGenerator:
+        """The generator every stage after inversion synthesises this face with."""
+        if self.noise is None:
+            return registry.generator
+        return FixedNoiseGenerator(registry.generator, noise_tensors(self.noise, registry.device))
 
 
 @dataclass(frozen=True)
@@ -183,6 +199,7 @@ def run_pipeline(
     config: PipelineConfig,
     progress: StageProgress,
     reuse: PortraitInversion | None = None,
+    code: np.ndarray | None = None,
 ) -> EditResult:
     """Edit the chosen face(s) of an HxWx3 uint8 RGB photo; with `reuse`, skip detection and inversion."""
     G = registry.generator
@@ -191,7 +208,7 @@ def run_pipeline(
     debug: dict[str, np.ndarray] = {}
 
     if reuse is None:
-        state, aligned_faces = find_and_invert(photo_rgb, options, registry, config, progress, clock)
+        state, aligned_faces = find_and_invert(photo_rgb, options, registry, config, progress, clock, code)
     else:
         state = reuse
         report["reused_inversion"] = True
@@ -281,9 +298,10 @@ def find_and_invert(
     config: PipelineConfig,
     progress: StageProgress,
     clock: StageClock,
+    code: np.ndarray | None = None,
 ) -> tuple[PortraitInversion, list[AlignedFace]]:
     """Find the faces (turning the photo when none is found upright), align the chosen ones, and invert them
-    as one batch."""
+    as one batch (or take the ready-made `code` of the one face)."""
     G = registry.generator
     with clock.stage(Stage.ALIGN):
         progress(Stage.ALIGN, 0.0)
@@ -299,25 +317,22 @@ def find_and_invert(
 
     with clock.stage(Stage.INVERT):
         progress(Stage.INVERT, 0.0)
-        inversion = invert_wplus(
-            G,
-            targets_from_rgb([aligned.image for aligned in aligned_faces], registry.device),
-            registry.perceptual,
-            config.inversion,
-            progress=lambda step, total, _losses: progress(Stage.INVERT, step / total),
-        )
-    inverted = []
-    for row, index in enumerate(editable):
-        steps = int(inversion.steps_run[row])
-        face_reports[index]["inversion"] = {
-            "steps": steps,
-            "stopped_early": bool(inversion.stopped_early[row]),
-            "final_loss": round(float(inversion.losses[row, steps - 1]), 5),
-        }
-        inverted.append(
-            InvertedFace(index, faces[index].landmarks, inversion.wp[row : row + 1], face_reports[index])
-        )
+        if code is not None:
+            rows = given_code_rows(code, len(editable), G.num_ws, G.w_dim)
+        else:
+            rows = projected_rows(
+                G,
+                targets_from_rgb([aligned.image for aligned in aligned_faces], registry.device),
+                registry,
+                config.inversion,
+                progress,
+            )
+    inverted = [
+        InvertedFace(index, faces[index].landmarks, wp, noise, dict(face_reports[index], **facts))
+        for index, (wp, noise, facts) in zip(editable, rows, strict=True)
+    ]
     return PortraitInversion(quarter_turns, len(faces), inverted, skipped), aligned_faces
+
 
 
 def describe_face(
@@ -363,6 +378,7 @@ def edit_face(
 ) -> tuple[dict[str, Any], FaceEdit | None]:
     """Edit, mask and refine one inverted face: (its report entry, its edit, or None when left alone)."""
     G = registry.generator
+    generator = face.generator(registry)
     report = dict(face.report)
     original_crop = aligned.image
     landmarks_aligned = landmarks_in_aligned(aligned.transform, face.landmarks)
@@ -377,7 +393,7 @@ def edit_face(
             alpha=round(edit.alpha, 4),
             no_double_chin_detected=edit.skipped,
         )
-    reconstruction = synthesise(G, face.wp, registry.device)
+    reconstruction = synthesise(generator, face.wp, registry.device)
     debug.setdefault("reconstruction", reconstruction)
     if edit.skipped or edit.alpha == 0.0:
         report["quality"] = unedited_quality(config.quality_gate)
@@ -385,7 +401,7 @@ def edit_face(
 
     with clock.stage(Stage.REFINE):
         progress(Stage.REFINE, 0.0)
-        edited_crop = synthesise(G, edit.wp, registry.device)
+        edited_crop = synthesise(generator, edit.wp, registry.device)
         soft_config, hard_config = config.mask_configs(options.refine)
         original_masks = neck_masks(
             original_crop, landmarks_aligned, registry.face_parser, soft_config, hard_config=hard_config
@@ -395,7 +411,7 @@ def edit_face(
         debug.setdefault("edited", edited_crop)
         debug.setdefault("soft_mask", np.round(soft_mask * 255).astype(np.uint8))
         refined = refine(
-            options.refine, registry, config, face.wp, original_crop, edited_crop, original_masks,
+            options.refine, generator, registry, config, face.wp, original_crop, edited_crop, original_masks,
             landmarks_aligned, lambda step, total, _losses: progress(Stage.REFINE, step / total),
         )  # fmt: skip
     evidence = EditEvidence(
@@ -405,8 +421,58 @@ def edit_face(
     return report, FaceEdit(FacePaste(aligned.transform, refined.image, soft_mask), evidence)
 
 
+FaceCode = tuple[np.ndarray, dict[str, np.ndarray] | None, dict[str, Any]]
+"""One face's 1 x num_ws x w_dim float32 code, its noise maps (each 1 x 1 x R x R float32, or None) and the
+report's facts about where the code came from."""
+
+
+def given_code_rows(code: np.ndarray, faces: int, num_ws: int, w_dim: int) -> list[FaceCode]:
+    """A ready-made code (`chinfix.codes.read_code`) for the one face to edit, with the generator's constant
+    noise (the code came without maps)."""
+    if faces != 1:
+        raise ChinfixError(
+            ErrorCode.INVALID_CODE,
+            f"A ready-made code is the code of one face, but {faces} faces are to be edited; choose one with `face`.",
+        )
+    return [(fit_code(code, num_ws, w_dim), None, {"code": "given"})]
+
+
+def projected_rows(
+    G: torch.nn.Module,
+    targets: torch.Tensor,
+    registry: ModelRegistry,
+    config: InversionConfig,
+    progress: StageProgress,
+) -> list[FaceCode]:
+    """Project the aligned crops (as one batch): each crop's code with the noise maps optimised for it."""
+    inversion = project(
+        G,
+        targets,
+        registry.perceptual,
+        config,
+        w_stats=registry.w_stats,
+        progress=lambda step, total, _losses: progress(Stage.INVERT, step / total),
+    )
+    return [
+        (
+            inversion.wp[row : row + 1],
+            {name: maps[row : row + 1] for name, maps in inversion.noise.items()},
+            {
+                "code": "inverted",
+                "inversion": {
+                    "space": config.space,
+                    "steps": config.steps,
+                    "final_loss": round(float(final_loss), 5),
+                },
+            },
+        )
+        for row, final_loss in enumerate(inversion.final_losses)
+    ]
+
+
 def refine(
     method: RefineMethod,
+    generator: torch.nn.Module | FixedNoiseGenerator,
     registry: ModelRegistry,
     config: PipelineConfig,
     original_wp: np.ndarray,
@@ -418,7 +484,7 @@ def refine(
 ) -> RefineResult:
     if method is RefineMethod.DIFFUSE:
         return refine_diffuse(
-            registry.generator, original_wp, edited_crop, original_crop, original_masks.neck_mask,
+            generator, original_wp, edited_crop, original_crop, original_masks.neck_mask,
             original_masks.soft_mask, registry.diffuse_perceptual, config.diffuse, step_progress,
         )  # fmt: skip
     if method is RefineMethod.WARP:
@@ -440,8 +506,8 @@ def warp_regions(masks: NeckMasks) -> WarpRegions:
 
 
 @torch.no_grad()
-def synthesise(G: torch.nn.Module, wp: np.ndarray, device: torch.device) -> np.ndarray:
-    """1 x num_ws x w_dim float32 code → SxSx3 uint8 RGB."""
+def synthesise(G: torch.nn.Module | FixedNoiseGenerator, wp: np.ndarray, device: torch.device) -> np.ndarray:
+    """1 x num_ws x w_dim float32 code → SxSx3 uint8 RGB, with G's noise (its own constant or fixed maps)."""
     images = G.synthesis(torch.as_tensor(wp, dtype=torch.float32, device=device), noise_mode="const")
     return rgb_from_images(images)[0]
 
