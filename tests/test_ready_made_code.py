@@ -16,6 +16,8 @@ from PIL import Image
 from rq import Queue
 
 from chinfix.cli import main
+from chinfix.contract import ErrorCode
+from chinfix.errors import ChinfixError
 from model_store.store import ModelStore
 from tests.service_harness import PORTRAITS, start_worker, wait_for_job
 from tests.test_edit_command import model_dir  # noqa: F401 (fixture)
@@ -24,6 +26,7 @@ from tests.test_service import decode
 from tests.tiny_models import build_tiny_model_store
 from worker.models.checkpoints import load_generator
 from worker.pipeline.invert import rgb_from_images
+from worker.pipeline.portrait import given_code_rows
 from worker.registry import GENERATOR
 
 pytestmark = pytest.mark.skipif(not PORTRAITS, reason="the seed portraits are not beside the checkout")
@@ -144,3 +147,11 @@ def test_chinfix_edit_refuses_a_bad_code_before_loading_models(
     assert main(["edit", str(PORTRAITS[1]), "-o", str(tmp_path / "edited.png"), "--code", str(code_path)]) == 2
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["code"] == "invalid_code" and words in error["message"]
+
+
+def test_a_ready_made_code_is_the_code_of_one_face() -> None:
+    ((wp, noise, facts),) = given_code_rows(np.ones((1, 16), np.float32), 1, num_ws=8, w_dim=16)
+    assert wp.shape == (1, 8, 16) and noise is None and facts == {"code": "given"}
+    with pytest.raises(ChinfixError) as refused:
+        given_code_rows(np.ones((1, 16), np.float32), 2, num_ws=8, w_dim=16)
+    assert refused.value.code is ErrorCode.INVALID_CODE and "2 faces" in refused.value.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import sys
 import threading
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis
 
@@ -91,6 +93,12 @@ def webhook_env(isolated_env: dict[str, str], redis_url: str) -> Iterator[dict[s
 
 def submit(base_url: str, data: bytes, headers: dict[str, str] | None = None, **fields: str) -> httpx.Response:
     return httpx.post(f"{base_url}/edit", files={"image": ("photo.jpg", data)}, data=fields, headers=headers, timeout=30)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def test_retry_delays_double_within_the_window() -> None:
@@ -186,6 +194,15 @@ def test_idempotency_key_returns_the_first_job_per_tenant(isolated_env: dict[str
 
         conflict = submit(base_url, photo, acme, strength="0.5")
         assert conflict.status_code == 422 and conflict.json()["error"]["code"] == "idempotency_conflict"
+        with_code = httpx.post(
+            f"{base_url}/edit",
+            files={"image": ("photo.jpg", photo), "code": ("code.npy", npy_bytes(np.zeros((1, 512), np.float32)))},
+            data={"strength": "1"},
+            headers=acme,
+            timeout=30,
+        )
+        assert with_code.status_code == 422, "a code makes it another request"
+        assert with_code.json()["error"]["code"] == "idempotency_conflict"
 
         other_tenant = submit(base_url, photo, globex, strength="1")
         assert other_tenant.status_code == 202 and other_tenant.json()["id"] != first.json()["id"]
@@ -200,7 +217,7 @@ def test_a_variant_reuses_the_inversion(isolated_env: dict[str, str], api_server
     build_tiny_model_store(Path(isolated_env["CHINFIX_MODEL_DIR"]))
     worker = start_worker({**isolated_env, **FEW_STEPS}, tmp_path)
     try:
-        response = submit(api_server, PORTRAITS[5].read_bytes(), refine="warp")
+        response = submit(api_server, PORTRAITS[5].read_bytes(), refine="warp", debug="true")
         first = wait_for_job(api_server, response.json()["id"], {"succeeded", "failed"})
         assert first["status"] == "succeeded", (first, worker.output())
 
@@ -216,6 +233,11 @@ def test_a_variant_reuses_the_inversion(isolated_env: dict[str, str], api_server
         assert variant["report"]["score_before"] == first["report"]["score_before"], "the same code, the same layers"
         assert variant["report"]["alpha"] == pytest.approx(first["report"]["alpha"] / 2, abs=1e-3)
         assert variant["report"]["quad"] == first["report"]["quad"]
+        reconstructions = [
+            httpx.get(f"{api_server}/jobs/{job['id']}/debug/reconstruction", timeout=30) for job in (first, variant)
+        ]
+        assert all(answer.status_code == 200 for answer in reconstructions)
+        assert reconstructions[0].content == reconstructions[1].content, "the same code and the same noise maps"
 
         refined_otherwise = httpx.post(f"{api_server}/jobs/{first['id']}/variants", data={"refine": "none"}, timeout=30)
         other = wait_for_job(api_server, refined_otherwise.json()["id"], {"succeeded", "failed"})
