@@ -15,6 +15,7 @@ from rq import Queue, SimpleWorker
 from chinfix.contract import RedisKeys
 from chinfix.jobs import connect_redis
 from chinfix.settings import Settings
+from worker.job_threads import run_job_threads
 from worker.registry import ModelRegistry, activate
 
 log = logging.getLogger("chinfix.worker")
@@ -72,7 +73,11 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
     name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     description = {"name": name, **registry.describe()}
     with WorkerHeartbeat(connection, RedisKeys(settings.key_prefix).worker(name), description):
-        worker = SimpleWorker([Queue(settings.queue_name, connection=connection)], connection=connection, name=name)
+        queue = Queue(settings.queue_name, connection=connection)
         log.info("worker %s on %s, queue %r", name, registry.device, settings.queue_name)
+        if settings.worker_batch > 1:
+            run_job_threads(registry, queue, name, settings.worker_batch, settings.batch_wait_ms / 1000.0, burst)
+            return 0
+        worker = SimpleWorker([queue], connection=connection, name=name)
         worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
     return 0

@@ -16,6 +16,7 @@ from chinfix.errors import ChinfixError, PipelineError
 from chinfix.settings import Settings
 from model_store.store import ModelStore
 from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS
+from worker.pipeline.invert import invert_wplus
 
 log = logging.getLogger("chinfix.worker")
 
@@ -68,6 +69,8 @@ class ModelRegistry:
     landmarker: Any | None = None
     face_parser: torch.nn.Module | None = None
     pose_normal: np.ndarray | None = None
+    inverter: Callable[..., Any] = invert_wplus
+    """`invert_wplus`, or a `worker.batcher.BatchingInverter` that shares GPU batches with concurrent jobs."""
     missing: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)

@@ -20,7 +20,7 @@ from worker.models.landmarks import FaceBox
 from worker.pipeline.align import find_and_align
 from worker.pipeline.compose import paste_back
 from worker.pipeline.edit import KEPT_FINE_LAYERS, EditConfig, remove_double_chin
-from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, invert_wplus, targets_from_rgb
+from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, targets_from_rgb
 from worker.pipeline.masks import NeckMasks, SoftMaskConfig, neck_masks, soft_neck_mask
 from worker.pipeline.refine import (
     DiffuseConfig,
@@ -144,7 +144,7 @@ def run_pipeline(
 
     with clock.stage(Stage.INVERT):
         progress(Stage.INVERT, 0.0)
-        inversion = invert_wplus(
+        inversion = registry.inverter(
             G,
             targets_from_rgb([original_crop], registry.device),
             registry.perceptual,
