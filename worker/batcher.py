@@ -125,6 +125,7 @@ class GpuBatcher:
     def _execute(self, batch: list[_Request]) -> None:
         self.batch_sizes.append(len(batch))
         operation = batch[0].operation
+        log.info("%s: a batch of %d", type(operation).__name__, len(batch))
         try:
             results = operation.run_batch([request.item for request in batch])
         except Exception as error:
