@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from chinfix.contract import RefineMethod, Stage
+    from chinfix.settings import Settings
     from worker.pipeline.edit import FineBoundary
     from worker.pipeline.portrait import PipelineConfig
     from worker.registry import ModelRegistry
@@ -190,8 +191,9 @@ def time_setting(
     return SettingTimes(stage_ms, result.report["mask_source"], peak_memory_mib(registry.device))
 
 
-def random_weight_registry(resolution: int, device: torch.device) -> ModelRegistry:
-    """A ModelRegistry as a worker builds it, holding random-weight models of the published architectures."""
+def random_weight_registry(resolution: int, device: torch.device, settings: Settings | None = None) -> ModelRegistry:
+    """A ModelRegistry as a worker builds it, holding random-weight models of the published architectures
+    (generator precision from `settings`, default: the environment's)."""
     import torch
 
     from chinfix.settings import Settings
@@ -201,11 +203,12 @@ def random_weight_registry(resolution: int, device: torch.device) -> ModelRegist
     from worker.models.lpips import build_random_lpips
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
     from worker.pipeline.portrait import edit_portrait
-    from worker.registry import ModelRegistry
+    from worker.registry import ModelRegistry, generator_precision
 
+    settings = settings or Settings()
     torch.manual_seed(0)
     generator = Generator(GeneratorArchitecture.from_channel_rule(resolution)).eval().requires_grad_(False).to(device)
-    settings = Settings()
+    generator.set_precision(*generator_precision(settings.precision, device))
     return ModelRegistry(
         settings=settings,
         device=device,
