@@ -15,12 +15,14 @@ from starlette.datastructures import UploadFile
 from app.auth import require_api_key
 from app.errors import ApiError
 from app.schemas import JobAccepted, JobLinks, JobView, Readiness, ResultInfo, WorkerView, timestamp
-from chinfix.errors import describe_validation_errors
+from chinfix.codes import MAX_CODE_BYTES, read_code
+from chinfix.errors import ChinfixError, describe_validation_errors
 from chinfix.contract import DEBUG_IMAGE_NAMES, EditOptions, ErrorCode, JobStatus
 from chinfix.imaging import ImageLimits, decode_image
 from chinfix.jobs import JobRecord, JobStore, new_job_id
 
 EDIT_JOB_FUNCTION = "worker.jobs.run_edit_job"
+FILE_FIELDS = ("image", "code")
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 QUEUE_FULL_RETRY_AFTER_S = 60
 RQ_ENDED_STATUSES = {RQJobStatus.FINISHED, RQJobStatus.FAILED, RQJobStatus.STOPPED, RQJobStatus.CANCELED}
@@ -35,7 +37,15 @@ def _store(request: Request) -> JobStore:
 
 def _edit_request_schema() -> dict:
     options = EditOptions.model_json_schema(by_alias=True)
-    properties = {"image": {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP photo"}}
+    properties = {
+        "image": {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP photo"},
+        "code": {
+            "type": "string",
+            "format": "binary",
+            "description": "optional: the face's latent code (.npy, 1 x num_ws x w_dim or 1 x w_dim float32); "
+            "skips the inversion",
+        },
+    }
     properties.update(options["properties"])
     return {
         "requestBody": {
@@ -69,16 +79,17 @@ async def submit_edit(request: Request, response: Response) -> JobAccepted:
             f"{settings.max_queued_jobs} photos are already waiting; try again in a minute.",
             headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
         )
-    form = await request.form(max_files=1, max_fields=20)
+    form = await request.form(max_files=2, max_fields=20)
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Send the photo as a multipart file field named 'image'.")
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise _upload_too_large(settings.max_upload_bytes)
-    options = parse_options({key: value for key, value in form.items() if key != "image"})
+    options = parse_options({key: value for key, value in form.items() if key not in FILE_FIELDS})
     limits = ImageLimits(max_pixels=settings.max_pixels, min_side=settings.min_side)
     await run_in_threadpool(decode_image, data, limits)
+    code_bytes = await read_code_field(form.get("code"))
 
     job_id = new_job_id()
     store = _store(request)
@@ -87,6 +98,7 @@ async def submit_edit(request: Request, response: Response) -> JobAccepted:
         job_id,
         data,
         options,
+        code_bytes=code_bytes,
         enqueue=lambda pipe: queue.enqueue_call(
             EDIT_JOB_FUNCTION,
             args=(job_id,),
@@ -103,9 +115,23 @@ async def submit_edit(request: Request, response: Response) -> JobAccepted:
     return JobAccepted(id=job_id, status=JobStatus.QUEUED, links=links)
 
 
+async def read_code_field(field: object) -> bytes | None:
+    """The optional `code` file field: its bytes once `read_code` accepts them, 422 invalid_code otherwise."""
+    if field is None:
+        return None
+    if not isinstance(field, UploadFile):
+        raise ApiError(422, ErrorCode.INVALID_CODE, "Send the code as a multipart file field named 'code' (a .npy file).")
+    data = await field.read(MAX_CODE_BYTES + 1)
+    try:
+        read_code(data)
+    except ChinfixError as error:
+        raise ApiError(422, ErrorCode.INVALID_CODE, error.message) from None
+    return data
+
+
 def parse_options(fields: dict[str, object]) -> EditOptions:
     if not all(isinstance(value, str) for value in fields.values()):
-        raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Only the field 'image' may be a file.")
+        raise ApiError(422, ErrorCode.INVALID_OPTIONS, "Only the fields 'image' and 'code' may be files.")
     try:
         return EditOptions.model_validate(fields)
     except ValidationError as error:

@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_SMALL = "image_too_small"
     UNSUPPORTED_FORMAT = "unsupported_format"
     IMAGE_UNREADABLE = "image_unreadable"
+    INVALID_CODE = "invalid_code"
     JOB_NOT_FOUND = "job_not_found"
     JOB_NOT_FINISHED = "job_not_finished"
     JOB_FAILED = "job_failed"
@@ -122,6 +123,10 @@ class RedisKeys:
 
     def job_input(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:input"
+
+    def job_code(self, job_id: str) -> str:
+        """The ready-made latent code (.npy bytes) sent with the photo, if any."""
+        return f"{self.prefix}:job:{job_id}:code"
 
     def job_result(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:result"

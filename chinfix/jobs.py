@@ -109,9 +109,11 @@ class JobStore:
         input_bytes: bytes,
         options: EditOptions,
         enqueue: Callable[[redis.client.Pipeline], object],
+        code_bytes: bytes | None = None,
     ) -> JobRecord:
-        """Store the input and a queued record, and queue the job (`enqueue` adds it to the pipeline) in one
-        transaction: a Redis failure leaves neither a record that no worker will take nor a job without input."""
+        """Store the input (and the ready-made code, if any) and a queued record, and queue the job (`enqueue` adds
+        it to the pipeline) in one transaction: a Redis failure leaves neither a record that no worker will take
+        nor a job without input."""
         record = JobRecord(
             id=job_id,
             status=JobStatus.QUEUED,
@@ -122,6 +124,8 @@ class JobStore:
             # First: RQ starts the transaction (MULTI) itself, which must come before any queued command.
             enqueue(pipe)
             pipe.set(self.keys.job_input(job_id), input_bytes, ex=self.ttl_seconds)
+            if code_bytes is not None:
+                pipe.set(self.keys.job_code(job_id), code_bytes, ex=self.ttl_seconds)
             pipe.hset(
                 self.keys.job(job_id),
                 mapping=_encode(
@@ -140,6 +144,10 @@ class JobStore:
 
     def load_input(self, job_id: str) -> bytes | None:
         return self.redis.get(self.keys.job_input(job_id))
+
+    def load_code(self, job_id: str) -> bytes | None:
+        """The .npy bytes of the code sent with the photo; None when there was none."""
+        return self.redis.get(self.keys.job_code(job_id))
 
     def load_result(self, job_id: str) -> bytes | None:
         return self.redis.get(self.keys.job_result(job_id))
@@ -275,6 +283,7 @@ class JobStore:
         self.redis.delete(
             self.keys.job(job_id),
             self.keys.job_input(job_id),
+            self.keys.job_code(job_id),
             self.keys.job_result(job_id),
             self.keys.job_lease(job_id),
             *(self.keys.job_debug(job_id, name) for name in debug_names),

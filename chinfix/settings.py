@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     landmark_backend: Literal["dlib", "fan"] = Field("dlib", description="face landmark model")
     invert_preset: Literal["fast", "quality", "paper"] = Field("fast", description="inversion schedule")
     invert_steps: int | None = Field(None, ge=1, description="override the inversion preset's number of steps")
+    invert_space: Literal["w", "wplus"] = Field(
+        "w", description="latent space of the inversion: w (the projector's) or wplus (one w per style layer)"
+    )
     diffuse_steps: int = Field(100, ge=1, description="Adam steps of the diffuse refinement")
     diffuse_lr: float = Field(0.01, gt=0, description="learning rate of the diffuse refinement")
     diffuse_perceptual_weight: float = Field(

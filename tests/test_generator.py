@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from tests.generator_fixtures import build_tiny_generator, single_threaded_torch  # noqa: F401 (fixture)
 from worker.models.stylegan2 import (
+    FixedNoiseGenerator,
     Generator,
     GeneratorArchitecture,
     _transposed_upsampling_conv,
@@ -100,6 +101,55 @@ def test_noise_buffers_are_what_const_mode_uses() -> None:
     before = generator.synthesis(ws)
     buffers["b32.conv1.noise_const"].zero_()
     assert (generator.synthesis(ws) - before).abs().max() > 1e-4
+
+
+def test_noise_resolutions_name_every_noise_input_in_buffer_order(generator: Generator) -> None:
+    resolutions = generator.synthesis.noise_resolutions()
+    assert [f"{name}.noise_const" for name in resolutions] == list(generator.synthesis.noise_buffers())
+    assert resolutions["b4.conv1"] == 4 and resolutions["b32.conv0"] == 32
+    without_noise = build_tiny_generator(resolution=16, seed=0, use_noise=False)
+    assert without_noise.synthesis.noise_resolutions() == {}
+
+
+def test_noise_maps_equal_to_the_buffers_give_the_const_image(generator: Generator) -> None:
+    ws = generator.mapping(seeded_z(2, generator.z_dim))
+    maps = {name[: -len(".noise_const")]: buffer[None, None] for name, buffer in generator.synthesis.noise_buffers().items()}
+    assert torch.equal(generator.synthesis(ws, noise=maps), generator.synthesis(ws, noise_mode="const"))
+
+
+def test_per_sample_noise_maps_give_each_sample_its_own_image(generator: Generator) -> None:
+    ws = generator.mapping(seeded_z(2, generator.z_dim))
+    draws = torch.Generator().manual_seed(5)
+    maps = {
+        name: torch.randn((2, 1, side, side), generator=draws)
+        for name, side in generator.synthesis.noise_resolutions().items()
+    }
+    batch = generator.synthesis(ws, noise=maps)
+    for index in range(2):
+        alone = generator.synthesis(ws[index : index + 1], noise={name: m[index : index + 1] for name, m in maps.items()})
+        torch.testing.assert_close(batch[index : index + 1], alone, atol=1e-5, rtol=1e-5)
+    swapped = generator.synthesis(ws, noise={name: m.flip(0) for name, m in maps.items()})
+    assert (swapped - batch).abs().max() > 1e-3
+
+
+def test_noise_maps_are_checked(generator: Generator) -> None:
+    ws = generator.mapping(seeded_z(2, generator.z_dim))
+    maps = {name: torch.zeros((1, 1, side, side)) for name, side in generator.synthesis.noise_resolutions().items()}
+    with pytest.raises(ValueError, match="missing"):
+        generator.synthesis(ws, noise={name: m for name, m in maps.items() if name != "b8.conv0"})
+    with pytest.raises(ValueError, match="b8.conv0"):
+        generator.synthesis(ws, noise={**maps, "b8.conv0": torch.zeros((3, 1, 8, 8))})
+    with pytest.raises(ValueError, match="noise_mode"):
+        generator.synthesis(ws, noise_mode="random", noise=maps)
+
+
+def test_a_fixed_noise_generator_synthesises_with_its_maps(generator: Generator) -> None:
+    ws = generator.mapping(seeded_z(1, generator.z_dim))
+    maps = {name: torch.randn((1, 1, side, side)) for name, side in generator.synthesis.noise_resolutions().items()}
+    fixed = FixedNoiseGenerator(generator, maps)
+    assert torch.equal(fixed.synthesis(ws), generator.synthesis(ws, noise=maps))
+    assert (fixed.num_ws, fixed.w_dim, fixed.img_resolution) == (generator.num_ws, generator.w_dim, generator.img_resolution)
+    assert fixed.w_avg is generator.w_avg
 
 
 def test_synthesis_is_differentiable_in_wplus(generator: Generator) -> None:

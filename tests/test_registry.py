@@ -10,6 +10,7 @@ import torch
 from chinfix.errors import PipelineError
 from chinfix.settings import Settings
 from tests.tiny_models import build_tiny_model_store
+from worker.pipeline.invert import w_statistics
 from worker.registry import ModelRegistry, generator_precision
 
 
@@ -26,6 +27,9 @@ def test_a_complete_store_loads_every_model(tmp_path: Path) -> None:
     registry.require_complete()
     assert registry.generator is not None and registry.fine_boundary.num_ws == registry.generator.num_ws
     assert not any(block.use_fp16 for block in registry.generator.synthesis.blocks())
+    # The projector's statistics of W, once per loaded generator rather than per job.
+    expected = w_statistics(registry.generator)
+    assert torch.equal(registry.w_stats.w_avg, expected.w_avg) and registry.w_stats.w_std == expected.w_std
     assert registry.describe() == {"device": "cpu", "missing_models": [], "unreadable_models": {}}
 
 

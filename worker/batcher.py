@@ -6,7 +6,7 @@ waits up to `max_wait_seconds` for more items of the same operation and key (up 
 so a failing job fails with its own error and its batch-mates go on.
 
 Batching is only correct for operations whose per-item results do not depend on the batch-mates:
-`BatchedInversion` relies on `invert_wplus` giving each crop its own Adam state, loss and stopping.
+`BatchedInversion` relies on `project` giving each crop its own code, noise maps, random stream and loss.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from worker.pipeline.invert import InversionConfig, InversionResult, ProgressCallback, invert_wplus
+from worker.pipeline.invert import InversionConfig, InversionResult, ProgressCallback, WStatistics, project
 
 log = logging.getLogger("chinfix.worker")
 
@@ -142,21 +142,22 @@ class GpuBatcher:
 
 @dataclass(frozen=True)
 class InversionCall:
-    """The arguments of one `invert_wplus` call: targets Nx3xSxS float in [-1, 1], init_wp N x num_ws x w_dim."""
+    """The arguments of one `project` call: targets Nx3xSxS float in [-1, 1], init_wp N x num_ws x w_dim."""
 
     G: torch.nn.Module
     targets: torch.Tensor
     perceptual_loss: Any
     config: InversionConfig
+    w_stats: WStatistics | None
     progress: ProgressCallback | None
     init_wp: np.ndarray | None
 
 
 class BatchedInversion:
-    """Stacks the targets of concurrent `invert_wplus` calls into one call and splits its result back."""
+    """Stacks the targets of concurrent `project` calls into one call and splits its result back."""
 
     def batch_key(self, call: InversionCall) -> Hashable:
-        return (id(call.G), id(call.perceptual_loss), call.config, call.init_wp is None)
+        return (id(call.G), id(call.perceptual_loss), id(call.w_stats), call.config, call.init_wp is None)
 
     def run_batch(self, calls: Sequence[InversionCall]) -> list[InversionResult]:
         first = calls[0]
@@ -164,7 +165,7 @@ class BatchedInversion:
         starts = np.cumsum([0, *counts])
         init_wp = None if first.init_wp is None else np.concatenate([call.init_wp for call in calls])
 
-        def fan_out(step: int, total: int, losses: np.ndarray) -> None:
+        def fan_out(step: int, total: int, losses: torch.Tensor) -> None:
             for call, start, count in zip(calls, starts, counts):
                 if call.progress is None:
                     continue
@@ -174,22 +175,20 @@ class BatchedInversion:
                     # One job's progress store failing must not stop its batch-mates' inversion.
                     log.warning("a job's progress report failed", exc_info=True)
 
-        result = invert_wplus(
-            first.G, torch.cat([call.targets for call in calls]), first.perceptual_loss, first.config, fan_out, init_wp
-        )
+        targets = torch.cat([call.targets for call in calls])
+        result = project(first.G, targets, first.perceptual_loss, first.config, first.w_stats, fan_out, init_wp)
         return [
             InversionResult(
                 wp=result.wp[start : start + count],
+                noise={name: maps[start : start + count] for name, maps in result.noise.items()},
                 losses=result.losses[start : start + count],
-                steps_run=result.steps_run[start : start + count],
-                stopped_early=result.stopped_early[start : start + count],
             )
             for start, count in zip(starts, counts)
         ]
 
 
 class BatchingInverter:
-    """A drop-in for `invert_wplus` that sends the call through the process's GPU batcher."""
+    """A drop-in for `project` that sends the call through the process's GPU batcher."""
 
     def __init__(self, batcher: GpuBatcher) -> None:
         self.batcher = batcher
@@ -201,8 +200,10 @@ class BatchingInverter:
         targets: torch.Tensor,
         perceptual_loss: Any,
         config: InversionConfig,
+        w_stats: WStatistics | None = None,
         progress: ProgressCallback | None = None,
         init_wp: torch.Tensor | np.ndarray | None = None,
     ) -> InversionResult:
         wp = None if init_wp is None else np.asarray(torch.as_tensor(init_wp).detach().cpu(), dtype=np.float32)
-        return self.batcher.run(self.operation, InversionCall(G, targets, perceptual_loss, config, progress, wp))
+        call = InversionCall(G, targets, perceptual_loss, config, w_stats, progress, wp)
+        return self.batcher.run(self.operation, call)

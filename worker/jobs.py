@@ -14,6 +14,7 @@ import time
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from chinfix.codes import read_code
 from chinfix.contract import EditOptions, ErrorCode, OutputFormat
 from chinfix.errors import ChinfixError
 from chinfix.imaging import ImageLimits, decode_image, encode_image
@@ -84,7 +85,10 @@ def edit_and_store(store: JobStore, job_id: str, registry: ModelRegistry) -> Non
     started = time.perf_counter()
     photo = decode_image(data, ImageLimits(max_pixels=settings.max_pixels, min_side=settings.min_side))
     progress = ThrottledProgress(lambda stage, value: store.report_progress(job_id, stage, value))
-    result = registry.edit_portrait(photo.rgb, options, registry, progress)
+    code_bytes = store.load_code(job_id)
+    # Passed only when sent, so pipelines that never take a code (CHINFIX_PIPELINE plug-ins) keep working.
+    code = {"code": read_code(code_bytes)} if code_bytes is not None else {}
+    result = registry.edit_portrait(photo.rgb, options, registry, progress, **code)
     encoded = encode_image(result.image, options.output, options.quality)
     debug_images = {name: encode_image(image, OutputFormat.PNG) for name, image in result.debug_images.items()}
     report = dict(result.report, total_ms=round((time.perf_counter() - started) * 1000.0, 1))

@@ -16,7 +16,7 @@ from chinfix.errors import ChinfixError, PipelineError
 from chinfix.settings import Settings
 from model_store.store import ModelStore
 from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS
-from worker.pipeline.invert import invert_wplus
+from worker.pipeline.invert import project
 
 log = logging.getLogger("chinfix.worker")
 
@@ -74,13 +74,15 @@ class ModelRegistry:
     store: ModelStore
     edit_portrait: Callable[..., Any]
     generator: torch.nn.Module | None = None
+    w_stats: Any | None = None
+    """The projector's w_avg and w_std of the generator (`worker.pipeline.invert.WStatistics`), computed once."""
     fine_boundary: Any | None = None
     perceptual: torch.nn.Module | None = None
     landmarker: Any | None = None
     face_parser: torch.nn.Module | None = None
     pose_normal: np.ndarray | None = None
-    inverter: Callable[..., Any] = invert_wplus
-    """`invert_wplus`, or a `worker.batcher.BatchingInverter` that shares GPU batches with concurrent jobs."""
+    inverter: Callable[..., Any] = project
+    """`project`, or a `worker.batcher.BatchingInverter` that shares GPU batches with concurrent jobs."""
     missing: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
@@ -104,6 +106,7 @@ class ModelRegistry:
         from worker.models.landmarks import load_landmarker
         from worker.models.lpips import load_lpips_vgg
         from worker.pipeline.edit import load_fine_boundary, load_pose_normal
+        from worker.pipeline.invert import w_statistics
 
         backend = self.settings.landmark_backend
         fp16_resolutions, channels_last = generator_precision(self.settings.precision, self.device)
@@ -113,6 +116,8 @@ class ModelRegistry:
                 path, device=self.device, fp16_resolutions=fp16_resolutions, channels_last=channels_last
             ),
         )
+        if self.generator is not None:
+            self.w_stats = w_statistics(self.generator)
         self.fine_boundary = self._load(FINE_BOUNDARY, load_fine_boundary)
         self.perceptual = self._load(PERCEPTUAL, lambda vgg, lin: load_lpips_vgg(vgg, lin, device=self.device))
         self.landmarker = self._load(

@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--return", dest="return_kind", choices=[kind.value for kind in ReturnKind], default="photo")
     parser.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
     parser.add_argument("--debug-dir", type=Path, help="also write the intermediate images here")
+    parser.add_argument(
+        "--code", type=Path, help="the face's latent code (.npy, 1 x num_ws x w_dim or 1 x w_dim): skips the inversion"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(func=run)
 
@@ -30,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from tqdm import tqdm
 
+    from chinfix.codes import read_code
     from chinfix.errors import ChinfixError, describe_validation_errors
     from chinfix.imaging import ImageLimits, decode_image, encode_image
     from chinfix.settings import Settings
@@ -53,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
         return print_error_body(ErrorCode.INVALID_OPTIONS, describe_validation_errors(error.errors()))
     settings = Settings()
     try:
+        code = {"code": read_code(args.code.read_bytes())} if args.code is not None else {}
+    except OSError as error:
+        return print_error_body(ErrorCode.INVALID_CODE, f"cannot read {args.code}: {error.strerror or error}")
+    except ChinfixError as error:
+        return print_error_body(error.code, error.message)
+    try:
         photo = decode_image(args.photo.read_bytes(), ImageLimits(settings.max_pixels, settings.min_side))
         registry = ModelRegistry.load(settings)
         with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.json) as bar:
@@ -61,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_description(stage.value)
                 bar.update(round(overall_progress(stage, fraction) * 100) - bar.n)
 
-            result = registry.edit_portrait(photo.rgb, options, registry, progress)
+            result = registry.edit_portrait(photo.rgb, options, registry, progress, **code)
     except ChinfixError as error:
         return print_error_body(error.code, error.message)
     except OSError as error:

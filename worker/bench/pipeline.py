@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     height, width = photo_rgb.shape[:2]
     print_table(
         f"pipeline ms per stage: {photo_path.name} ({width}x{height}) at {args.resolution}px, random config-f "
-        f"weights, {device.type}, plateau stop off, median of {args.repeats}; {how}",
+        f"weights, {device.type}, median of {args.repeats}; {how}",
         ("setting", "steps (invert + diffuse)", *stage_names, "total", "paper / this", "mask", *peak_column),
         rows,
     )
@@ -130,13 +130,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def bench_settings() -> list[BenchSetting]:
-    """The service's fast preset with each refinement, and the paper's schedule; plateau stopping off throughout."""
+    """The service's fast preset with each refinement, and the paper's schedule."""
     from chinfix.contract import RefineMethod
     from worker.pipeline.invert import INVERSION_PRESETS
     from worker.pipeline.portrait import PipelineConfig
     from worker.pipeline.refine import DiffuseConfig
 
-    fast = PipelineConfig(inversion=replace(INVERSION_PRESETS["fast"], plateau_patience=None))
+    fast = PipelineConfig(inversion=INVERSION_PRESETS["fast"])
     paper = PipelineConfig(inversion=INVERSION_PRESETS["paper"], diffuse=DiffuseConfig(steps=100))
     return [
         BenchSetting("fast diffuse", RefineMethod.DIFFUSE, fast),
@@ -202,6 +202,7 @@ def random_weight_registry(resolution: int, device: torch.device, settings: Sett
     from worker.models.landmarks import load_dlib_landmarker
     from worker.models.lpips import build_random_lpips
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
+    from worker.pipeline.invert import w_statistics
     from worker.pipeline.portrait import edit_portrait
     from worker.registry import ModelRegistry, generator_precision
 
@@ -215,6 +216,7 @@ def random_weight_registry(resolution: int, device: torch.device, settings: Sett
         store=ModelStore(settings.model_dir),
         edit_portrait=edit_portrait,
         generator=generator,
+        w_stats=w_statistics(generator),
         fine_boundary=double_chin_boundary(generator),
         perceptual=build_random_lpips(seed=0, device=device),
         landmarker=load_dlib_landmarker(),

@@ -13,7 +13,7 @@ no discriminator, no 'orig'/'resnet' synthesis architectures (the published conf
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -22,6 +22,10 @@ import torch.nn.functional as F
 
 NoiseMode = Literal["const", "random", "none"]
 NOISE_MODES: tuple[str, ...] = ("const", "random", "none")
+
+NoiseMaps = Mapping[str, torch.Tensor]
+"""Noise inputs by layer name ('b4.conv1', 'b8.conv0', ...): each N x 1 x R x R (one map per sample) or
+1 x 1 x R x R (shared by the batch), R the layer's resolution. They stand in for the `noise_const` buffers."""
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
@@ -426,10 +430,15 @@ class SynthesisLayer(torch.nn.Module):
             self.noise_strength = torch.nn.Parameter(torch.zeros([]))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: NoiseMode, fused: bool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, noise_mode: NoiseMode, fused: bool, noise_map: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """noise_map: N or 1 x 1 x R x R, used instead of `noise_const` (noise_mode "const" only)."""
         styles = self.affine(w)
         noise = None
-        if self.use_noise and noise_mode == "random":
+        if self.use_noise and noise_map is not None:
+            noise = noise_map * self.noise_strength
+        elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
@@ -501,9 +510,16 @@ class SynthesisBlock(torch.nn.Module):
         self.num_conv = 1 if in_channels == 0 else 2
 
     def forward(
-        self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: NoiseMode
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        noise_mode: NoiseMode,
+        noise: NoiseMaps | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ws: N x (num_conv + 1) x w_dim; img: Nx3xHxW float32 running image (None for the first block)."""
+        """ws: N x (num_conv + 1) x w_dim; img: Nx3xHxW float32 running image (None for the first block);
+        noise: this block's noise maps by layer attribute ('conv0', 'conv1'), if given."""
+        noise = noise or {}
         dtype = torch.float16 if self.use_fp16 else torch.float32
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         # NVIDIA's rule: per-sample (grouped) weights unless training, or fp16 with a batch
@@ -513,11 +529,11 @@ class SynthesisBlock(torch.nn.Module):
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
             x = x.to(dtype=dtype, memory_format=memory_format)
-            x = self.conv1(x, block_ws[0], noise_mode, fused)
+            x = self.conv1(x, block_ws[0], noise_mode, fused, noise.get("conv1"))
         else:
             x = x.to(dtype=dtype, memory_format=memory_format)
-            x = self.conv0(x, block_ws[0], noise_mode, fused)
-            x = self.conv1(x, block_ws[1], noise_mode, fused)
+            x = self.conv0(x, block_ws[0], noise_mode, fused, noise.get("conv0"))
+            x = self.conv1(x, block_ws[1], noise_mode, fused, noise.get("conv1"))
         rgb = self.torgb(x, block_ws[self.num_conv], fused).to(dtype=torch.float32, memory_format=torch.contiguous_format)
         img = rgb if img is None else upsample2d(img, self.resample_filter, kernel_cache=self.fir_kernels).add_(rgb)
         return x, img
@@ -549,6 +565,15 @@ class SynthesisNetwork(torch.nn.Module):
     def blocks(self) -> list[SynthesisBlock]:
         return [getattr(self, f"b{resolution}") for resolution in self.block_resolutions]
 
+    def noise_resolutions(self) -> dict[str, int]:
+        """Resolution of each layer that takes a noise input, by layer name ('b4.conv1': 4, 'b8.conv0': 8, ...),
+        in the order of `noise_buffers`. Empty for a generator without noise inputs."""
+        return {
+            name: module.resolution
+            for name, module in self.named_modules()
+            if isinstance(module, SynthesisLayer) and module.use_noise
+        }
+
     def noise_buffers(self) -> dict[str, torch.Tensor]:
         """The per-layer `noise_const` buffers (RxR each) by state-dict name, e.g. 'b8.conv0.noise_const'.
 
@@ -557,20 +582,70 @@ class SynthesisNetwork(torch.nn.Module):
         """
         return {name: buffer for name, buffer in self.named_buffers() if name.endswith("noise_const")}
 
-    def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "const") -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "const", noise: NoiseMaps | None = None) -> torch.Tensor:
+        """noise: a map for every noise input (see `NoiseMaps`), used instead of the `noise_const` buffers: per-sample
+        noise, e.g. what an inversion optimised for each crop. Only with noise_mode "const"."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"ws must be N x {self.num_ws} x {self.w_dim}, got {tuple(ws.shape)}")
+        if noise is not None:
+            self._check_noise_maps(noise, noise_mode, batch_size=ws.shape[0])
         ws = ws.to(torch.float32)
         x = img = None
         w_index = 0
         for block in self.blocks():
             # A block's toRGB shares its w with the next block's first convolution.
             block_ws = ws.narrow(1, w_index, block.num_conv + 1)
-            x, img = block(x, img, block_ws, noise_mode)
+            prefix = f"b{block.resolution}."
+            block_noise = None
+            if noise is not None:
+                block_noise = {name.removeprefix(prefix): maps for name, maps in noise.items() if name.startswith(prefix)}
+            x, img = block(x, img, block_ws, noise_mode, block_noise)
             w_index += block.num_conv
         return img
+
+    def _check_noise_maps(self, noise: NoiseMaps, noise_mode: NoiseMode, batch_size: int) -> None:
+        if noise_mode != "const":
+            raise ValueError(f"noise maps replace the constant noise: noise_mode must be 'const', got {noise_mode!r}")
+        resolutions = self.noise_resolutions()
+        if set(noise) != set(resolutions):
+            raise ValueError(
+                f"noise maps must name exactly the noise inputs {sorted(resolutions)}; "
+                f"missing {sorted(set(resolutions) - set(noise))}, unknown {sorted(set(noise) - set(resolutions))}"
+            )
+        for name, maps in noise.items():
+            resolution = resolutions[name]
+            if maps.ndim != 4 or maps.shape[0] not in (1, batch_size) or maps.shape[1:] != (1, resolution, resolution):
+                raise ValueError(
+                    f"noise map {name} must be {batch_size} (or 1) x 1 x {resolution} x {resolution}, got {tuple(maps.shape)}"
+                )
+
+
+class FixedNoiseGenerator:
+    """A view of a generator whose synthesis adds the given noise maps instead of its constant noise.
+
+    Stages after the inversion take it in place of the generator, so every image they synthesise (the
+    reconstruction, the edit, the diffuse refinement) sees the noise the inversion optimised for that crop.
+    Parameters and buffers are the generator's own; nothing is copied.
+    """
+
+    def __init__(self, generator: Generator, noise: NoiseMaps) -> None:
+        self.generator = generator
+        self.noise = dict(noise)
+        self.mapping = generator.mapping
+        self.z_dim = generator.z_dim
+        self.w_dim = generator.w_dim
+        self.num_ws = generator.num_ws
+        self.img_resolution = generator.img_resolution
+        self.img_channels = generator.img_channels
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        return self.generator.w_avg
+
+    def synthesis(self, ws: torch.Tensor, noise_mode: NoiseMode = "const") -> torch.Tensor:
+        return self.generator.synthesis(ws, noise_mode=noise_mode, noise=self.noise)
 
 
 class Generator(torch.nn.Module):

@@ -1,27 +1,29 @@
-"""Invert stage: find the W+ code whose StyleGAN2 image reproduces an aligned crop.
+"""Invert stage: NVIDIA's StyleGAN2 projector, the inversion the paper's real-photo codes come from.
 
-Adam on a W+ code (N x num_ws x w_dim), started from `w_avg` or an encoder's code, with the
-learning-rate ramp of NVIDIA's StyleGAN2 projector (linear warm-up, cosine ramp-down). The
-loss is LPIPS on images area-downsampled to 256x256 (as the projector does) plus pixel MSE at
-full resolution.
+One w per crop (W space: tiled over every style layer) starts at the mean of 10,000 mapped z and is optimised
+with Adam (lr 0.1, linear warm-up over the first 5% of the steps, cosine ramp-down over the last 25%), jittered
+by exploration noise of 0.05 * w_std that decays quadratically to zero at 75% of the steps. The generator's
+per-layer noise inputs are optimised with it: they start as fresh N(0, 1) maps and are re-normalised to zero
+mean and unit variance after every step. The loss is the LPIPS distance on images area-downsampled to 256 px
+plus 1e5 times the noise regulariser (squared 1-pixel auto-correlations over a pyramid of each noise map).
+There is no early stop: the learning rate ramps to zero at the last step, and the schedule is the step count.
 
-Noise: the generator's per-layer noise buffers stay FIXED (`noise_mode="const"`). They are
-shared by every sample of a batch, so optimising them (as the projector does for one image)
-would couple the crops of a batch; fixed noise keeps each crop's result independent of its
-batch-mates.
+W+ (`space="wplus"`, one w per style layer) is an option, not the paper's.
 
-Batching: each crop's code is its own Adam parameter and the batch loss is the SUM of the
-per-crop losses, so a crop's gradient, Adam moments and steps are exactly those of a single
-run. A crop that plateaus stops (its code is frozen and no longer synthesised) while the others
-go on.
+Batching: every crop has its own code, noise maps and random stream (seeded alike), and the batch loss is the
+SUM of the per-crop losses; Adam works element by element, so each crop follows exactly its single run (up to
+the rounding of batched convolutions).
+
+The step loop reads nothing back from the device: per-step losses stay on it until the end (a progress
+callback that reads its `losses` argument syncs, at its own pace).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +31,16 @@ import torch.nn.functional as F
 
 PERCEPTUAL_RESOLUTION = 256
 """VGG was trained on 224px images: LPIPS compares at 256, as NVIDIA's projector does."""
+
+W_STATISTICS_SAMPLES = 10_000
+W_STATISTICS_SEED = 123
+"""The projector's w_avg and w_std: 10,000 z from numpy's RandomState(123), mapped without truncation."""
+
+NOISE_REGULARIZATION_MIN_SIDE = 8
+"""The regulariser's pyramid halves each noise map down to this side."""
+
+Space = Literal["w", "wplus"]
+SPACES: tuple[str, ...] = ("w", "wplus")
 
 
 class PerceptualLoss(Protocol):
@@ -39,64 +51,72 @@ class PerceptualLoss(Protocol):
     def distance(self, features_a: list[torch.Tensor], features_b: list[torch.Tensor]) -> torch.Tensor: ...
 
 
-ProgressCallback = Callable[[int, int, np.ndarray], None]
-"""progress(step, total_steps, losses): after every step (1-based); losses: N float64, each
-crop's latest loss (a crop that stopped keeps its last one)."""
+ProgressCallback = Callable[[int, int, torch.Tensor], None]
+"""progress(step, total_steps, losses) after every step (1-based); losses: N float32 on the device, each
+crop's loss at that step (reading it waits for the device)."""
 
 
 @dataclass(frozen=True)
 class InversionConfig:
-    """One optimisation schedule.
+    """One projector schedule.
 
-    steps: the most Adam steps; the lr ramps are fractions of it.
-    learning_rate, lr_rampup, lr_rampdown: the projector's schedule (peak lr, warm-up and cosine
-        ramp-down lengths as fractions of `steps`).
-    w_noise_factor, w_noise_ramp: the projector's exploration noise on the code, w_std * factor,
-        decaying quadratically to 0 at `w_noise_ramp` of the steps; 0 disables it.
-    w_std_samples: mapping samples for estimating w_std (only with w_noise_factor > 0).
-    perceptual_weight, mse_weight: loss = perceptual_weight * LPIPS + mse_weight * pixel MSE.
-    plateau_patience, plateau_tolerance: a crop stops once its best loss has not improved by more
-        than `plateau_tolerance` (relative) for `plateau_patience` steps; patience None never stops.
-    seed: seeds the code noise (each crop gets the same stream as a single run would).
+    steps: Adam steps; the ramps below are fractions of it.
+    space: "w" (one w tiled over the style layers, the projector's) or "wplus" (one w per layer).
+    learning_rate, lr_rampup, lr_rampdown: peak lr, linear warm-up and cosine ramp-down lengths.
+    w_noise_factor, w_noise_ramp: exploration noise on the code, w_std * factor, decaying quadratically to 0
+        at `w_noise_ramp` of the steps; 0 disables it.
+    noise_regularization: weight of the noise maps' auto-correlation penalty.
+    seed: seeds the initial noise maps and the exploration noise (each crop its own stream, seeded alike).
     """
 
     steps: int
+    space: Space = "w"
     learning_rate: float = 0.1
     lr_rampup: float = 0.05
     lr_rampdown: float = 0.25
-    w_noise_factor: float = 0.0
+    w_noise_factor: float = 0.05
     w_noise_ramp: float = 0.75
-    w_std_samples: int = 10_000
-    perceptual_weight: float = 1.0
-    mse_weight: float = 1.0
-    plateau_patience: int | None = 25
-    plateau_tolerance: float = 1e-3
-    seed: int = 0
+    noise_regularization: float = 1e5
+    seed: int = 303
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.plateau_patience is not None and self.plateau_patience < 1:
-            raise ValueError(f"plateau_patience must be >= 1 or None, got {self.plateau_patience}")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
 
 
 INVERSION_PRESETS: dict[str, InversionConfig] = {
-    "fast": InversionConfig(steps=100),
-    "quality": InversionConfig(steps=400, plateau_patience=50),
-    # NVIDIA's StyleGAN2 projector schedule, run to the end: the seed method's reference point.
-    "paper": InversionConfig(steps=1000, w_noise_factor=0.05, plateau_patience=None),
+    "fast": InversionConfig(steps=250),
+    "quality": InversionConfig(steps=500),
+    # NVIDIA's projector as the paper ran it.
+    "paper": InversionConfig(steps=1000),
 }
 
 
 @dataclass(frozen=True)
+class WStatistics:
+    """Where the projector starts and how far it jitters: w_avg (w_dim float32, on the generator's device), the
+    mean of the mapped samples, and w_std, their RMS distance from it."""
+
+    w_avg: torch.Tensor
+    w_std: float
+
+
+@dataclass(frozen=True)
 class InversionResult:
-    """wp: N x num_ws x w_dim float32 codes. losses: N x steps_max float64 per-step losses (NaN after a
-    crop stopped). steps_run: N int, Adam steps each crop took. stopped_early: N bool, plateau stops."""
+    """wp: N x num_ws x w_dim float32 codes (rows identical in W space). noise: the optimised noise maps by layer
+    name, each N x 1 x R x R float32. losses: N x steps float64, the loss of every step (LPIPS + weighted
+    noise regulariser, with the exploration noise of that step)."""
 
     wp: np.ndarray
+    noise: dict[str, np.ndarray]
     losses: np.ndarray
-    steps_run: np.ndarray
-    stopped_early: np.ndarray
+
+    @property
+    def final_losses(self) -> np.ndarray:
+        """N float64: each crop's loss at the last step."""
+        return self.losses[:, -1]
 
 
 def projector_learning_rate(step: int, config: InversionConfig) -> float:
@@ -115,13 +135,13 @@ def code_noise_scale(step: int, w_std: float, config: InversionConfig) -> float:
 
 
 @torch.no_grad()
-def estimate_w_std(G: torch.nn.Module, samples: int, seed: int) -> float:
-    """RMS distance of mapped random z from their mean, as the projector measures it (untruncated)."""
-    device = G.w_avg.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    z = torch.randn((samples, G.z_dim), generator=generator, device=device)
-    w = G.mapping(z, truncation_psi=1.0)[:, 0].double()
-    return float((w - w.mean(dim=0)).square().sum(dim=1).mean().sqrt())
+def w_statistics(G: torch.nn.Module, samples: int = W_STATISTICS_SAMPLES, seed: int = W_STATISTICS_SEED) -> WStatistics:
+    """The projector's mean and spread of W for generator `G` (untruncated mapping of `samples` z)."""
+    z = np.random.RandomState(seed).randn(samples, G.z_dim)
+    w = G.mapping(torch.from_numpy(z).to(G.w_avg.device))[:, 0].double()
+    w_avg = w.mean(dim=0)
+    w_std = float((w - w_avg).square().sum(dim=1).mean().sqrt())
+    return WStatistics(w_avg=w_avg.float(), w_std=w_std)
 
 
 def targets_from_rgb(crops: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -137,45 +157,56 @@ def rgb_from_images(images: torch.Tensor) -> np.ndarray:
 
 
 def perceptual_input(images: torch.Tensor) -> torch.Tensor:
-    """Area-downsample Nx3xSxS images to 256x256 when larger (the projector's rule)."""
+    """Area-downsample Nx3xSxS images to 256x256 when larger (the projector's rule).
+
+    The projector feeds its VGG [0, 255] images, which that network maps to [-1, 1] itself; chinfix's LPIPS takes
+    [-1, 1] directly, and area averaging commutes with the affine change of range, so the two see the same input.
+    """
     if images.shape[-1] > PERCEPTUAL_RESOLUTION:
         return F.interpolate(images, size=(PERCEPTUAL_RESOLUTION, PERCEPTUAL_RESOLUTION), mode="area")
     return images
 
 
-class _PlateauTracker:
-    """Per-crop early stopping on the best loss seen."""
-
-    def __init__(self, count: int, patience: int | None, tolerance: float) -> None:
-        self.patience = patience
-        self.tolerance = tolerance
-        self.best = np.full(count, np.inf)
-        self.stale = np.zeros(count, dtype=np.int64)
-
-    def update(self, index: int, loss: float) -> bool:
-        """Record crop `index`'s loss; True when it has plateaued."""
-        if loss < self.best[index] * (1.0 - self.tolerance):
-            self.best[index] = loss
-            self.stale[index] = 0
-        else:
-            self.stale[index] += 1
-        return self.patience is not None and self.stale[index] >= self.patience
+def noise_regularization(noise_maps: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The projector's noise penalty per sample (N float32) of maps each N x 1 x R x R: for every map and every
+    level of its 2x average-pooled pyramid down to 8 px (a smaller map counts once), the squared means of the
+    map times itself shifted circularly by one pixel in x, and in y."""
+    total = torch.zeros(())
+    for maps in noise_maps:
+        level = maps
+        while True:
+            for dim in (3, 2):
+                total = total + (level * level.roll(1, dims=dim)).mean(dim=(1, 2, 3)).square()
+            if level.shape[2] <= NOISE_REGULARIZATION_MIN_SIDE:
+                break
+            level = F.avg_pool2d(level, kernel_size=2)
+    return total
 
 
-def invert_wplus(
+@torch.no_grad()
+def renormalize_noise_(noise_maps: Iterable[torch.Tensor]) -> None:
+    """Shift and scale each N x 1 x R x R map, per sample, to zero mean and unit mean square, in place."""
+    for maps in noise_maps:
+        maps -= maps.mean(dim=(1, 2, 3), keepdim=True)
+        maps *= maps.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
+
+
+def project(
     G: torch.nn.Module,
     targets: torch.Tensor,
     perceptual_loss: PerceptualLoss,
     config: InversionConfig = INVERSION_PRESETS["fast"],
+    w_stats: WStatistics | None = None,
     progress: ProgressCallback | None = None,
     init_wp: torch.Tensor | np.ndarray | None = None,
 ) -> InversionResult:
-    """Optimise one W+ code per target so that `G.synthesis(wp, noise_mode="const")` reproduces it.
+    """Find each target's code and noise maps, as NVIDIA's projector does (see the module docstring).
 
     G: a StyleGAN2 generator in eval mode (its parameters receive no gradients).
-    targets: Nx3xSxS float in [-1, 1] on G's device, S = G.img_resolution.
+    targets: Nx3xSxS float in [-1, 1], S = G.img_resolution.
     perceptual_loss: built once by the caller (LPIPS), on G's device, frozen.
-    init_wp: N x num_ws x w_dim starting codes (an encoder's output); default: w_avg for every layer.
+    w_stats: `w_statistics(G)`, computed once per generator by its owner; computed here when None.
+    init_wp: N x num_ws x w_dim starting codes (an encoder's) instead of w_avg; rows identical in W space.
     """
     device = G.w_avg.device
     count = targets.shape[0]
@@ -183,74 +214,73 @@ def invert_wplus(
     if targets.ndim != 4 or tuple(targets.shape[1:]) != expected:
         raise ValueError(f"targets must be N x {expected[0]} x {expected[1]} x {expected[2]}, got {tuple(targets.shape)}")
     targets = targets.to(device=device, dtype=torch.float32)
-    if init_wp is None:
-        start = G.w_avg.detach().float().expand(count, G.num_ws, G.w_dim)
-    else:
-        start = torch.as_tensor(init_wp, dtype=torch.float32, device=device)
-        if tuple(start.shape) != (count, G.num_ws, G.w_dim):
-            raise ValueError(f"init_wp must be {count} x {G.num_ws} x {G.w_dim}, got {tuple(start.shape)}")
-
-    codes = [start[index : index + 1].clone().requires_grad_(True) for index in range(count)]
-    optimizer = torch.optim.Adam(codes, betas=(0.9, 0.999), lr=config.learning_rate)
+    w_stats = w_stats if w_stats is not None else w_statistics(G)
+    codes = _starting_codes(G, count, config.space, w_stats, init_wp).requires_grad_(True)
+    # One stream per crop, all seeded alike: a crop draws the same numbers in a batch as alone.
+    streams = [torch.Generator(device=device).manual_seed(config.seed) for _ in range(count)]
+    noise = _initial_noise_maps(G.synthesis.noise_resolutions(), streams, device)
+    parameters = [codes, *noise.values()]
+    optimizer = torch.optim.Adam(parameters, betas=(0.9, 0.999), lr=config.learning_rate)
     with torch.no_grad():
         target_features = perceptual_loss.features(perceptual_input(targets))
-    w_std = estimate_w_std(G, config.w_std_samples, config.seed) if config.w_noise_factor > 0 else 0.0
-    noise_streams = [torch.Generator(device=device).manual_seed(config.seed) for _ in range(count)]
 
-    losses = np.full((count, config.steps), np.nan)
-    latest = np.full(count, np.nan)
-    steps_run = np.zeros(count, dtype=np.int64)
-    stopped_early = np.zeros(count, dtype=bool)
-    plateau = _PlateauTracker(count, config.plateau_patience, config.plateau_tolerance)
-    active = list(range(count))
-
+    losses = torch.empty((config.steps, count), device=device)
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = projector_learning_rate(step, config)
-        noise_scale = code_noise_scale(step, w_std, config)
-        ws = torch.cat([codes[index] for index in active])
+        ws = codes
+        noise_scale = code_noise_scale(step, w_stats.w_std, config)
         if noise_scale > 0:
-            noise = [torch.randn(codes[i].shape, generator=noise_streams[i], device=device) for i in active]
-            ws = ws + torch.cat(noise) * noise_scale
-        images = G.synthesis(ws, noise_mode="const")
-        per_crop = _reconstruction_loss(images, targets, target_features, active, perceptual_loss, config)
-        gradients = torch.autograd.grad(per_crop.sum(), [codes[index] for index in active])
-        optimizer.zero_grad(set_to_none=True)
-        for index, gradient in zip(active, gradients, strict=True):
-            codes[index].grad = gradient
+            jitter = torch.stack([torch.randn(codes.shape[1:], generator=stream, device=device) for stream in streams])
+            ws = ws + jitter * noise_scale
+        images = G.synthesis(ws.expand(count, G.num_ws, G.w_dim), noise=noise).float()
+        distance = perceptual_loss.distance(perceptual_loss.features(perceptual_input(images)), target_features)
+        loss = distance + config.noise_regularization * noise_regularization(noise.values())
+        # Gradients for the code and noise only: G's parameters are shared with other jobs and stay untouched.
+        gradients = torch.autograd.grad(loss.sum(), parameters)
+        for parameter, gradient in zip(parameters, gradients, strict=True):
+            parameter.grad = gradient
         optimizer.step()
-
-        step_losses = per_crop.detach().double().cpu().numpy()
-        for index, loss in zip(active, step_losses, strict=True):
-            losses[index, step] = latest[index] = loss
-            steps_run[index] = step + 1
-            if plateau.update(index, float(loss)):
-                stopped_early[index] = step + 1 < config.steps
+        renormalize_noise_(noise.values())
+        losses[step] = loss.detach()
         if progress is not None:
-            progress(step + 1, config.steps, latest.copy())
-        active = [index for index in active if not stopped_early[index]]
-        if not active:
-            break
+            progress(step + 1, config.steps, losses[step])
 
-    wp = torch.cat([code.detach() for code in codes]).cpu().numpy().astype(np.float32)
-    return InversionResult(wp=wp, losses=losses, steps_run=steps_run, stopped_early=stopped_early)
+    wp = codes.detach().expand(count, G.num_ws, G.w_dim).cpu().numpy().astype(np.float32)
+    noise_maps = {name: maps.detach().cpu().numpy().astype(np.float32) for name, maps in noise.items()}
+    return InversionResult(wp=wp, noise=noise_maps, losses=losses.T.double().cpu().numpy())
 
 
-def _reconstruction_loss(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    target_features: list[torch.Tensor],
-    active: list[int],
-    perceptual_loss: PerceptualLoss,
-    config: InversionConfig,
+def noise_tensors(noise: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """An `InversionResult.noise` as float32 tensors on `device`, for `G.synthesis(ws, noise=...)`."""
+    return {name: torch.from_numpy(maps).to(device=device, dtype=torch.float32) for name, maps in noise.items()}
+
+
+def _starting_codes(
+    G: torch.nn.Module, count: int, space: Space, w_stats: WStatistics, init_wp: torch.Tensor | np.ndarray | None
 ) -> torch.Tensor:
-    """Per-crop loss (len(active) float32) of `images` against the `active` rows of the targets:
-    weighted LPIPS at <= 256px plus full-resolution pixel MSE."""
-    if len(active) < targets.shape[0]:
-        rows = torch.tensor(active, device=targets.device)
-        targets = targets.index_select(0, rows)
-        target_features = [stage.index_select(0, rows) for stage in target_features]
-    images = images.float()
-    perceptual = perceptual_loss.distance(perceptual_loss.features(perceptual_input(images)), target_features)
-    mse = (images - targets).square().mean(dim=(1, 2, 3))
-    return config.perceptual_weight * perceptual + config.mse_weight * mse
+    """N x 1 x w_dim (W) or N x num_ws x w_dim (W+) float32 codes to optimise, fresh tensors."""
+    layers = 1 if space == "w" else G.num_ws
+    device = w_stats.w_avg.device
+    if init_wp is None:
+        return w_stats.w_avg.reshape(1, 1, G.w_dim).repeat(count, layers, 1).to(device)
+    start = torch.as_tensor(init_wp, dtype=torch.float32, device=device)
+    if tuple(start.shape) != (count, G.num_ws, G.w_dim):
+        raise ValueError(f"init_wp must be {count} x {G.num_ws} x {G.w_dim}, got {tuple(start.shape)}")
+    if space == "w":
+        if not torch.equal(start, start[:, :1].expand_as(start)):
+            raise ValueError("init_wp must have identical rows to start a W-space inversion")
+        return start[:, :1].clone()
+    return start.clone()
+
+
+def _initial_noise_maps(
+    resolutions: dict[str, int], streams: Sequence[torch.Generator], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """N x 1 x R x R N(0, 1) maps per noise input, crop i's drawn from streams[i] in layer order (the order in which
+    the projector draws them), as leaf tensors to optimise."""
+    per_crop = [
+        {name: torch.randn((1, 1, side, side), generator=stream, device=device) for name, side in resolutions.items()}
+        for stream in streams
+    ]
+    return {name: torch.cat([maps[name] for maps in per_crop]).requires_grad_(True) for name in resolutions}
