@@ -68,7 +68,11 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
-        inversion = replace(INVERSION_PRESETS[settings.invert_preset], space=settings.invert_space)
+        inversion = replace(
+            INVERSION_PRESETS[settings.invert_preset],
+            space=settings.invert_space,
+            precision="bf16" if settings.precision == "bf16" else "fp32",
+        )
         if settings.invert_steps is not None:
             inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
