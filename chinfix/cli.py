@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "chinfix.commands.edit_code",
     "chinfix.commands.edit",
     "chinfix.commands.align",
+    "chinfix.commands.mask",
     "chinfix.commands.bench",
 )
 

@@ -72,13 +72,22 @@ class Settings(BaseSettings):
     diffuse_steps: int = Field(100, ge=1, description="Adam steps of the diffuse refinement")
     diffuse_lr: float = Field(0.01, gt=0, description="learning rate of the diffuse refinement")
     diffuse_perceptual_weight: float = Field(
-        1.0,
+        1e-4,
         ge=0,
-        description="LPIPS weight of diffuse (the seed's 1e-4 weighted a raw VGG feature MSE, a far larger number)",
+        description="weight of diffuse's VGG16 relu4_3 feature MSE (the seed's perceptual model and weight)",
     )
-    edit_margin: float = Field(1.0, description="target mean chin score after a full-strength edit (negative side)")
+    edit_margin: float = Field(
+        2.5,
+        description="target mean chin score after a full-strength adaptive edit (negative side); "
+        "2.5 gives the seed's 7 real codes a mean alpha of -5, the seed's fixed one",
+    )
     no_chin_threshold: float = Field(0.0, description="a face scoring below this is left unedited")
-    fixed_alpha: float | None = Field(None, description="edit with this alpha (the seed used -5) instead of adaptively")
+    fixed_alpha: float | None = Field(
+        None, le=0, description="edit with this alpha (the seed used -5) instead of adaptively"
+    )
+    condition_pose: bool = Field(
+        False, description="remove the yaw component from the edit direction (needs pose_yaw_boundary)"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ loader (see the docstrings), so loading what they write tests the loader's readi
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import io
@@ -140,6 +141,93 @@ def rosinality_state_dict(generator: Generator) -> dict[str, torch.Tensor]:
     return out
 
 
+def rosinality_training_checkpoint(generator: Generator, args: object = None) -> dict:
+    """What rosinality's train.py saves every 10,000 iterations (checkpoint/NNNNNN.pt): both generators,
+    the discriminator, both Adam states, its command-line `args` (an argparse.Namespace) and the ADA p.
+    No `latent_avg`. The discriminator here is a stand-in of one tensor: the loader never reads it."""
+    weights = rosinality_state_dict(generator)
+    discriminator = {"convs.0.0.weight": torch.randn(8, 3, 1, 1)}
+    optimizers = {}
+    for name, parameters in (("g_optim", list(weights.values())[:2]), ("d_optim", list(discriminator.values()))):
+        optimizer = torch.optim.Adam([p.clone().requires_grad_(True) for p in parameters], lr=0.002, betas=(0.0, 0.99))
+        sum(p.square().sum() for group in optimizer.param_groups for p in group["params"]).backward()
+        optimizer.step()
+        optimizers[name] = optimizer.state_dict()
+    if args is None:
+        args = argparse.Namespace(
+            path="lmdb/ffhq", arch="stylegan2", iter=800000, batch=16, n_sample=64, size=generator.img_resolution,
+            r1=10.0, path_regularize=2.0, path_batch_shrink=2, d_reg_every=16, g_reg_every=4, mixing=0.9,
+            ckpt=None, lr=0.002, channel_multiplier=2, wandb=False, local_rank=0, augment=False, augment_p=0.0,
+            ada_target=0.6, ada_length=500000, ada_every=256, n_gpu=1, distributed=False,
+            latent=generator.w_dim, n_mlp=generator.architecture.mapping_layers, start_iter=0,
+        )
+    return {"g": weights, "d": discriminator, "g_ema": weights, **optimizers, "args": args, "ada_aug_p": 0.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# The seed's Gs.pth: stylegan2_pytorch's `models.save` of the Generator that the seed's
+# run_convert_from_tf.py builds from NVIDIA's TF pickle. Nested {'name', 'kwargs', 'state_dict'} per
+# model; synthesis blocks `conv_blocks.{b}` (b = 0 for 4x4), layers BiasActivationWrapper >
+# NoiseInjectionWrapper > ConvLayer; noise strength [1]; no noise maps (drawn at run time).
+
+
+def seed_gs_contents(generator: Generator) -> dict:
+    """The dict the seed's `torch.save` writes to Gs.pth for this generator's weights."""
+    state = {key: value.clone() for key, value in generator.state_dict().items()}
+    architecture = generator.architecture
+    fir_kernel = (4 * fir_filter_2d(architecture.resample_filter))[None, None]
+    mapping = {}
+    for index in range(architecture.mapping_layers):
+        mapping[f"main.{index}.bias"] = state[f"mapping.fc{index}.bias"]
+        mapping[f"main.{index}.layer.weight"] = state[f"mapping.fc{index}.weight"]
+    synthesis = {"const": state["synthesis.b4.const"]}
+    for block_index, resolution in enumerate(generator.synthesis.block_resolutions):
+        block = f"synthesis.b{resolution}"
+        for layer_index, layer in enumerate(["conv1"] if block_index == 0 else ["conv0", "conv1"]):
+            prefix = f"conv_blocks.{block_index}.conv_block.{layer_index}"
+            synthesis[f"{prefix}.bias"] = state[f"{block}.{layer}.bias"]
+            synthesis[f"{prefix}.layer.weight"] = state[f"{block}.{layer}.noise_strength"].reshape(1)
+            synthesis[f"{prefix}.layer.layer.weight"] = state[f"{block}.{layer}.weight"]
+            synthesis[f"{prefix}.layer.layer.dense.bias"] = state[f"{block}.{layer}.affine.bias"]
+            synthesis[f"{prefix}.layer.layer.dense.layer.weight"] = state[f"{block}.{layer}.affine.weight"]
+            if layer == "conv0":
+                synthesis[f"{prefix}.layer.layer.filter.filter_kernel"] = fir_kernel.clone()
+        prefix = f"to_data_layers.{block_index}"
+        synthesis[f"{prefix}.bias"] = state[f"{block}.torgb.bias"]
+        synthesis[f"{prefix}.layer.weight"] = state[f"{block}.torgb.weight"]
+        synthesis[f"{prefix}.layer.dense.bias"] = state[f"{block}.torgb.affine.bias"]
+        synthesis[f"{prefix}.layer.dense.layer.weight"] = state[f"{block}.torgb.affine.weight"]
+    synthesis["upsample.weight"] = torch.ones(1, 1, 1, 1)
+    synthesis["upsample.filter.filter_kernel"] = fir_kernel.clone()
+    taps = [float(tap) for tap in architecture.resample_filter]
+    mapping_kwargs = {
+        "activation": "leaky:0.2",
+        "num_layers": architecture.mapping_layers,
+        "latent_size": architecture.z_dim,
+        "hidden": architecture.mapping_layer_features or architecture.w_dim,
+        "out_size": architecture.w_dim,
+    }
+    if architecture.mapping_lr_multiplier != MAPPING_LR_MULTIPLIER_CLASS_DEFAULT:
+        mapping_kwargs["lr_mul"] = architecture.mapping_lr_multiplier
+    synthesis_kwargs = {
+        "activation": "leaky:0.2",
+        "conv_filter": taps,
+        "skip_filter": taps,
+        "skip": True,
+        "resnet": False,
+        "channels": list(reversed(architecture.block_channels)),
+        "latent_size": architecture.w_dim,
+        "data_channels": architecture.img_channels,
+    }
+    return {
+        "name": "Generator",
+        "kwargs": {},
+        "state_dict": collections.OrderedDict(dlatent_avg=state["mapping.w_avg"]),
+        "G_mapping": {"name": "GeneratorMapping", "kwargs": mapping_kwargs, "state_dict": mapping},
+        "G_synthesis": {"name": "GeneratorSynthesis", "kwargs": synthesis_kwargs, "state_dict": synthesis},
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # NVIDIA network pickles, written with the record structure torch_utils.persistence produces:
 # each module is `torch_utils.persistence._reconstruct_persistent_obj(meta)` with
@@ -245,35 +333,58 @@ def _persistent_record(
     return GlobalCall(RECONSTRUCT_PERSISTENT_OBJ, (meta,))
 
 
-def generator_init_kwargs(generator: Generator) -> dict:
-    """stylegan2-ada-pytorch's Generator(**G_kwargs) keywords for this architecture."""
+NVIDIA_PICKLE_LAYOUTS = ("stylegan2-ada", "stylegan3")
+CONV_CLAMP_CLASS_DEFAULT = 256.0  # stylegan3 networks_stylegan2.SynthesisBlock(conv_clamp=256)
+MAPPING_LR_MULTIPLIER_CLASS_DEFAULT = 0.01  # MappingNetwork(lr_multiplier=0.01), both repositories
+
+
+def generator_init_kwargs(generator: Generator, layout: str = "stylegan2-ada") -> dict:
+    """Generator(**G_kwargs) keywords as the training script of `layout` passes them.
+
+    stylegan2-ada-pytorch's train.py nests the synthesis options in `synthesis_kwargs` and always sets
+    conv_clamp. stylegan3's train.py with --cfg=stylegan2 passes them as top-level keywords and sets
+    conv_clamp only with --fp32 (to None): otherwise the class default, 256, applies unrecorded. Neither
+    sets the mapping's lr_multiplier, so it is named only where it is not the class default."""
     architecture = generator.architecture
-    return dict(
+    mapping_kwargs = EasyDictRecord(num_layers=architecture.mapping_layers)
+    if architecture.mapping_lr_multiplier != MAPPING_LR_MULTIPLIER_CLASS_DEFAULT:
+        mapping_kwargs["lr_multiplier"] = architecture.mapping_lr_multiplier
+    common = dict(
         z_dim=architecture.z_dim,
         c_dim=0,
         w_dim=architecture.w_dim,
         img_resolution=architecture.img_resolution,
         img_channels=architecture.img_channels,
-        mapping_kwargs=EasyDictRecord(
-            num_layers=architecture.mapping_layers, lr_multiplier=architecture.mapping_lr_multiplier
-        ),
-        synthesis_kwargs=EasyDictRecord(
-            channel_base=architecture.block_channels[-1] * architecture.img_resolution,
-            channel_max=max(architecture.block_channels),
-            num_fp16_res=0,
-            conv_clamp=architecture.conv_clamp,
-            architecture="skip",
-            resample_filter=[1, 3, 3, 1],
-        ),
+        mapping_kwargs=mapping_kwargs,
     )
+    channels = dict(
+        channel_base=architecture.block_channels[-1] * architecture.img_resolution,
+        channel_max=max(architecture.block_channels),
+    )
+    if layout == "stylegan2-ada":
+        synthesis_kwargs = EasyDictRecord(
+            **channels, num_fp16_res=0, conv_clamp=architecture.conv_clamp, architecture="skip", resample_filter=[1, 3, 3, 1]
+        )
+        return dict(**common, synthesis_kwargs=synthesis_kwargs)
+    if layout == "stylegan3":
+        kwargs = dict(**common, **channels, fused_modconv_default="inference_only")
+        if architecture.conv_clamp != CONV_CLAMP_CLASS_DEFAULT:
+            kwargs.update(num_fp16_res=0, conv_clamp=architecture.conv_clamp)
+        return kwargs
+    raise ValueError(f"unknown NVIDIA pickle layout {layout!r}; one of {NVIDIA_PICKLE_LAYOUTS}")
 
 
 def nvidia_pickle_bytes(
-    generator: Generator, protocol: int = 4, module_src: str = FAKE_MODULE_SRC, extra_state: dict | None = None
+    generator: Generator,
+    protocol: int = 4,
+    module_src: str = FAKE_MODULE_SRC,
+    extra_state: dict | None = None,
+    layout: str = "stylegan2-ada",
 ) -> bytes:
     """{'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'} as a training snapshot holds them;
-    `extra_state` is added to the generator record's pickled __dict__."""
-    record = _persistent_record(generator, generator_init_kwargs(generator), module_src, extra_state)
+    `extra_state` is added to the generator record's pickled __dict__. Every layer record carries the
+    attributes its forward pass reads (conv_clamp, weight_gain, bias_gain, ...), as NVIDIA's do."""
+    record = _persistent_record(generator, generator_init_kwargs(generator, layout), module_src, extra_state)
     top = dict(G=record, D=None, G_ema=record, augment_pipe=None, training_set_kwargs=None)
     stream = io.BytesIO()
     ForeignGlobalPickler(stream, protocol=protocol).dump(top)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from chinfix.settings import Settings
+from tests.seed_data import COARSE_BOUNDARY, FINE_BOUNDARY, FINE_INTERCEPT, SEED_DATA, YAW_BOUNDARY, needs_seed_data
 from worker.pipeline.edit import (
+    COARSE_ALPHA,
+    COARSE_MIX_RATIO,
     SEED_ALPHA,
     EditConfig,
     FineBoundary,
+    coarse_edit,
     double_chin_score,
     edit_wplus,
     load_fine_boundary,
@@ -19,19 +22,15 @@ from worker.pipeline.edit import (
     remove_double_chin,
 )
 
-SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "seed-data"
 COARSE = range(0, 7)
 FINE = range(7, 18)
 
-pytestmark = pytest.mark.skipif(not SEED_DATA.is_dir(), reason=f"seed data not found at {SEED_DATA}")
+pytestmark = needs_seed_data
 
 
 @pytest.fixture(scope="module")
 def fine_boundary() -> FineBoundary:
-    return load_fine_boundary(
-        SEED_DATA / "boundaries/fine/double_chin_wp.npy",
-        SEED_DATA / "boundaries/fine/double_chin_wp_intercept.npy",
-    )
+    return load_fine_boundary(FINE_BOUNDARY, FINE_INTERCEPT)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +119,7 @@ def test_adaptive_alpha_never_adds_a_double_chin(fine_boundary, seed_codes):
 
 
 def test_pose_conditioned_edit_leaves_yaw_alone_and_still_lands_at_margin(fine_boundary, seed_codes):
-    yaw = load_pose_normal(SEED_DATA / "boundaries/coarse/pose_yaw_w_psi0.5.npy")
+    yaw = load_pose_normal(YAW_BOUNDARY)
     direction = pose_conditioned_direction(fine_boundary.normals, yaw)
     np.testing.assert_allclose(direction @ yaw, 0.0, atol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(direction, axis=1), 1.0, atol=1e-12)
@@ -145,3 +144,61 @@ def test_boundary_rejects_non_unit_normals_and_codes_of_wrong_shape(fine_boundar
 def test_strength_outside_unit_interval_is_rejected():
     with pytest.raises(ValueError, match="strength"):
         EditConfig(strength=1.5)
+
+
+def test_default_adaptive_alpha_averages_the_seeds_minus_five_over_its_real_codes(fine_boundary, seed_codes):
+    alphas = [remove_double_chin(wp, fine_boundary, EditConfig()).alpha for wp in seed_codes.values()]
+    assert np.mean(alphas) == pytest.approx(SEED_ALPHA, abs=0.25)
+    assert len(set(np.round(alphas, 3))) == 7  # still adaptive: each face gets its own alpha
+
+
+def test_edit_defaults_come_from_the_settings():
+    settings = Settings(edit_margin=1.25, no_chin_threshold=-2.0, fixed_alpha=-3.0)
+    config = EditConfig.from_settings(settings, strength=0.5, keep_layers=(9, 10))
+    assert (config.margin, config.no_chin_threshold, config.fixed_alpha) == (1.25, -2.0, -3.0)
+    assert (config.strength, config.keep_layers) == (0.5, (9, 10))
+    defaults = EditConfig.from_settings(Settings(), strength=1.0, keep_layers=EditConfig().keep_layers)
+    assert defaults == EditConfig()
+    assert Settings().condition_pose is False
+
+
+def test_fixed_seed_alpha_is_the_seeds_edit_exactly(fine_boundary, seed_codes):
+    wp = seed_codes["00191_wp"]
+    result = remove_double_chin(wp, fine_boundary, EditConfig(fixed_alpha=SEED_ALPHA))
+    expected = wp.astype(np.float64) + SEED_ALPHA * fine_boundary.normals.astype(np.float64)[None]
+    np.testing.assert_allclose(result.wp[:, COARSE], expected[:, COARSE], atol=1e-5)
+    assert result.wp[:, FINE].tobytes() == wp[:, FINE].tobytes()
+
+
+def test_a_boundary_without_intercepts_edits_only_with_a_fixed_alpha(seed_codes):
+    boundary = load_fine_boundary(SEED_DATA / "boundaries/fine/double_chin_wp_psi0.5.npy")
+    wp = seed_codes["00212_wp"]
+    result = remove_double_chin(wp, boundary, EditConfig(fixed_alpha=-5.0))
+    assert result.score_before is None and result.score_after is None and result.alpha == -5.0
+    with pytest.raises(ValueError, match="intercepts"):
+        remove_double_chin(wp, boundary, EditConfig(fixed_alpha=None))
+
+
+def test_positive_alpha_is_refused_unless_allowed():
+    with pytest.raises(ValueError, match="towards a double chin"):
+        EditConfig(fixed_alpha=2.0)
+    assert EditConfig(fixed_alpha=2.0, allow_positive=True).fixed_alpha == 2.0
+
+
+def test_coarse_edit_is_the_seeds_step_one(seed_codes):
+    normal = np.load(COARSE_BOUNDARY).astype(np.float64).reshape(-1)
+    wp = seed_codes["00352_wp"]
+    edited = coarse_edit(wp, normal)
+    moved = wp[0].astype(np.float64) + COARSE_ALPHA * normal
+    np.testing.assert_allclose(edited[0, COARSE], moved[COARSE], atol=1e-5)
+    mixed = (1 - COARSE_MIX_RATIO) * moved[FINE] + COARSE_MIX_RATIO * wp[0, FINE]
+    np.testing.assert_allclose(edited[0, FINE], mixed, atol=1e-5)
+    assert edited.shape == wp.shape and edited.dtype == np.float32
+
+
+def test_a_w_boundary_loads_repeated_over_every_layer():
+    boundary = load_fine_boundary(COARSE_BOUNDARY, num_ws=18)
+    assert boundary.normals.shape == (18, 512) and boundary.intercepts is None
+    assert np.array_equal(boundary.normals[0], boundary.normals[17])
+    with pytest.raises(ValueError, match="W boundary"):
+        load_fine_boundary(COARSE_BOUNDARY)

@@ -29,6 +29,7 @@ BRIEF_MODEL_NAMES = {
     "face_parsing_bisenet",
     "dlib_landmarks",
     "fan_landmarks",
+    "vgg16_perceptual",
     "fan_face_detector",
     "vgg16_imagenet",
     "lpips_vgg_lin",

@@ -24,11 +24,11 @@ from worker.models.bisenet import load_bisenet
 from worker.pipeline.align import AlignmentTransform
 from worker.pipeline.compose import warp_mask_to_photo
 from worker.pipeline.masks import MaskSource, neck_mask_from_parsing, parse_face
-from worker.registry import FACE_PARSING, FINE_BOUNDARY, GENERATOR, LANDMARK_MODELS, PERCEPTUAL
+from worker.registry import DIFFUSE_PERCEPTUAL, FACE_PARSING, FINE_BOUNDARY, GENERATOR, LANDMARK_MODELS, PERCEPTUAL
 
 INVERT_STEPS = 3
 FEW_STEPS = {"CHINFIX_INVERT_STEPS": str(INVERT_STEPS), "CHINFIX_DIFFUSE_STEPS": "3"}
-REQUIRED_MODELS = (GENERATOR, *FINE_BOUNDARY, *PERCEPTUAL, *LANDMARK_MODELS["dlib"])
+REQUIRED_MODELS = (GENERATOR, *FINE_BOUNDARY, *PERCEPTUAL, DIFFUSE_PERCEPTUAL, *LANDMARK_MODELS["dlib"])
 
 pytestmark = pytest.mark.skipif(len(PORTRAITS) < 6, reason="the seed portraits are not beside the checkout")
 

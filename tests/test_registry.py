@@ -23,7 +23,7 @@ def test_fp16_is_nvidias_setting_on_cuda_and_float32_elsewhere() -> None:
 def test_a_complete_store_loads_every_model(tmp_path: Path) -> None:
     build_tiny_model_store(tmp_path, with_parser=False)
     registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu", precision="fp16"))
-    assert registry.missing == [] and registry.missing_optional == ["face_parsing_bisenet", "pose_yaw_boundary"]
+    assert registry.missing == [] and registry.missing_optional == ["face_parsing_bisenet"]
     registry.require_complete()
     assert registry.generator is not None and registry.fine_boundary.num_ws == registry.generator.num_ws
     assert not any(block.use_fp16 for block in registry.generator.synthesis.blocks())
@@ -35,11 +35,14 @@ def test_a_complete_store_loads_every_model(tmp_path: Path) -> None:
 
 def test_an_empty_store_names_every_required_model(tmp_path: Path) -> None:
     registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu"))
-    assert registry.missing == ["stylegan2_ffhq", "fine_boundary", "fine_intercept", "vgg16_imagenet", "lpips_vgg_lin"]
+    assert registry.missing == [
+        "stylegan2_ffhq", "fine_boundary", "fine_intercept", "vgg16_imagenet", "lpips_vgg_lin", "vgg16_perceptual"
+    ]
     with pytest.raises(PipelineError) as raised:
         registry.require_complete()
     assert raised.value.code == "model_missing"
-    assert "chinfix models pull stylegan2_ffhq fine_boundary fine_intercept vgg16_imagenet lpips_vgg_lin" in raised.value.message
+    pull = "chinfix models pull stylegan2_ffhq fine_boundary fine_intercept vgg16_imagenet lpips_vgg_lin vgg16_perceptual"
+    assert pull in raised.value.message
 
 
 def test_an_unreadable_file_is_missing_with_its_reason(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from model_store.store import ModelStore
 from tests.generator_fixtures import build_tiny_generator, write_nvidia_pickle
 from tests.lpips_fixtures import save_random_lpips_checkpoints
 from tests.parsing_fixtures import save_random_bisenet
+from tests.perceptual_fixtures import save_random_seed_vgg16
 
 TINY_RESOLUTION = 64
 CHIN_INTERCEPT = 3.0
@@ -32,6 +33,7 @@ def build_tiny_model_store(model_dir: Path, seed: int = 0, with_parser: bool = T
     np.save(store.path("fine_boundary"), normals.astype(np.float32))
     np.save(store.path("fine_intercept"), np.full((generator.num_ws, 1), CHIN_INTERCEPT))
     save_random_lpips_checkpoints(store.path("vgg16_imagenet"), store.path("lpips_vgg_lin"), seed)
+    save_random_seed_vgg16(store.path("vgg16_perceptual"), seed)
     if with_parser:
         save_random_bisenet(store.path("face_parsing_bisenet"), seed)
     return store

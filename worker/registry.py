@@ -23,6 +23,7 @@ log = logging.getLogger("chinfix.worker")
 GENERATOR = "stylegan2_ffhq"
 FINE_BOUNDARY = ("fine_boundary", "fine_intercept")
 PERCEPTUAL = ("vgg16_imagenet", "lpips_vgg_lin")
+DIFFUSE_PERCEPTUAL = "vgg16_perceptual"
 FACE_PARSING = "face_parsing_bisenet"
 POSE_BOUNDARY = "pose_yaw_boundary"
 LANDMARK_MODELS = {"dlib": ("dlib_landmarks",), "fan": ("fan_landmarks", "fan_face_detector")}
@@ -65,8 +66,8 @@ def import_function(path: str) -> Callable[..., Any]:
 class ModelRegistry:
     """Every model a worker uses, loaded once. A model whose files are absent is None and named in `missing`.
 
-    The face parser and the pose boundary are optional (the pipeline falls back to a landmark neck mask and
-    plain editing); everything else is required for an edit.
+    The face parser is optional (the pipeline falls back to a landmark neck mask); the pose boundary is loaded,
+    and required, only with CHINFIX_CONDITION_POSE (off, as in the seed); everything else is required for an edit.
     """
 
     settings: Settings
@@ -78,6 +79,8 @@ class ModelRegistry:
     """The projector's w_avg and w_std of the generator (`worker.pipeline.invert.WStatistics`), computed once."""
     fine_boundary: Any | None = None
     perceptual: torch.nn.Module | None = None
+    diffuse_perceptual: torch.nn.Module | None = None
+    """The seed's VGG16 relu4_3 features, the diffuse refinement's perceptual term."""
     landmarker: Any | None = None
     face_parser: torch.nn.Module | None = None
     pose_normal: np.ndarray | None = None
@@ -105,6 +108,7 @@ class ModelRegistry:
         from worker.models.checkpoints import load_generator
         from worker.models.landmarks import load_landmarker
         from worker.models.lpips import load_lpips_vgg
+        from worker.models.vgg16 import load_seed_perceptual_vgg16
         from worker.pipeline.edit import load_fine_boundary, load_pose_normal
         from worker.pipeline.invert import w_statistics
 
@@ -120,11 +124,15 @@ class ModelRegistry:
             self.w_stats = w_statistics(self.generator)
         self.fine_boundary = self._load(FINE_BOUNDARY, load_fine_boundary)
         self.perceptual = self._load(PERCEPTUAL, lambda vgg, lin: load_lpips_vgg(vgg, lin, device=self.device))
+        self.diffuse_perceptual = self._load(
+            (DIFFUSE_PERCEPTUAL,), lambda path: load_seed_perceptual_vgg16(path, device=self.device)
+        )
         self.landmarker = self._load(
             LANDMARK_MODELS[backend], lambda *paths: load_landmarker(backend, self.store, str(self.device))
         )
         self.face_parser = self._load((FACE_PARSING,), lambda path: load_bisenet(path, self.device), optional=True)
-        self.pose_normal = self._load((POSE_BOUNDARY,), load_pose_normal, optional=True)
+        if self.settings.condition_pose:
+            self.pose_normal = self._load((POSE_BOUNDARY,), load_pose_normal)
 
     def _load(self, names: tuple[str, ...], loader: Callable[..., Any], optional: bool = False) -> Any | None:
         absent = self.store.missing(list(names))

@@ -1,11 +1,13 @@
 """Load a StyleGAN2 generator from any supported checkpoint, without executing code from the file.
 
 Formats (recognised by content, not by file name):
-- NVIDIA network pickles (stylegan2-ada-pytorch / stylegan3 `*.pkl`): `G_ema`, read by the restricted
-  unpickler in `nvidia_pickle.py`; non-shape hyperparameters (conv_clamp, mapping lr multiplier) come
-  from the pickled init kwargs.
+- NVIDIA network pickles (stylegan2-ada-pytorch `training.networks`, stylegan3 `--cfg=stylegan2`
+  `training.networks_stylegan2` `*.pkl`): `G_ema`, read by the restricted unpickler in
+  `nvidia_pickle.py`; conv_clamp and the mapping's lr multiplier come from the layers' own records.
 - State dicts in NVIDIA's key layout, as `.pt` (torch.load weights_only=True) or `.safetensors`.
-- rosinality `g_ema` state dicts (also e4e/pSp checkpoints: `decoder.` keys), converted on load.
+- rosinality `g_ema` state dicts, bare or in train.py's checkpoints (which also pickle their
+  argparse.Namespace `args`: that one class is allow-listed) or e4e/pSp's (`decoder.` keys), converted on load.
+- The seed's `Gs.pth` (stylegan2_pytorch's serialisation, `seed_gs.py`), converted on load.
 - The canonical form `convert_generator_checkpoint` writes: a `.safetensors` in NVIDIA's key layout
   whose header metadata holds the architecture as JSON; read memory-mapped.
 
@@ -15,6 +17,7 @@ the same path. Hyperparameters that no shape reveals default to NVIDIA's config-
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -27,6 +30,12 @@ import torch
 
 from worker.models.nvidia_pickle import PersistentRecord, nvidia_pickle_generator
 from worker.models.rosinality import is_rosinality_state_dict, rosinality_to_nvidia
+from worker.models.seed_gs import (
+    is_seed_generator_file,
+    seed_generator_to_nvidia,
+    seed_mapping_lr_multiplier,
+    seed_resample_taps,
+)
 from worker.models.stylegan2 import (
     DEFAULT_RESAMPLE_FILTER,
     Generator,
@@ -36,9 +45,14 @@ from worker.models.stylegan2 import (
 )
 
 CANONICAL_FORMAT_NAME = "chinfix-stylegan2"
+TORCH_FILE_SAFE_GLOBALS = [argparse.Namespace]
+"""Classes `torch.load(weights_only=True)` may rebuild besides tensors and plain containers: rosinality's
+train.py saves its command-line `args` beside the weights. A Namespace only holds attributes, and
+whatever they hold passes the same weights-only check."""
 W_AVG_SAMPLES = 10_000
 
 _MAPPING_LAYER_KEY = re.compile(r"mapping\.fc(\d+)\.weight")
+_MAPPING_LAYER_NAME = re.compile(r"fc\d+")
 _BLOCK_KEY = re.compile(r"synthesis\.b(\d+)\.")
 
 
@@ -46,6 +60,7 @@ class CheckpointFormat(StrEnum):
     NVIDIA_PICKLE = "nvidia-pickle"
     NVIDIA_STATE_DICT = "nvidia-state-dict"
     ROSINALITY = "rosinality"
+    SEED_GS = "seed-gs"
     CANONICAL = "canonical"
 
 
@@ -213,8 +228,14 @@ def _read_nvidia_pickle(path: Path) -> GeneratorCheckpoint:
 
 
 def _pickled_generator_options(record: PersistentRecord) -> dict:
-    """Non-shape hyperparameters from the pickled init kwargs. stylegan2-ada nests the synthesis ones
-    in `synthesis_kwargs`; stylegan3's networks_stylegan2 takes them as top-level keywords."""
+    """Hyperparameters of a pickled generator that no tensor shape reveals.
+
+    `conv_clamp` and the mapping's lr multiplier are read from the layers' own records (the attributes
+    their forward pass uses), not from G's init kwargs: stylegan3's `--cfg=stylegan2` pickles (NGC's
+    StyleGAN2 FFHQ-512/256, AFHQ, MetFaces) leave them out of G's kwargs, so the class defaults of the
+    pickled source apply (conv_clamp=256 in `networks_stylegan2.SynthesisBlock`) and only the layers
+    record the value. stylegan2-ada nests the other synthesis options in `synthesis_kwargs`; stylegan3
+    takes them as top-level keywords."""
     kwargs = record.init_kwargs
     synthesis_kwargs = {**kwargs, **dict(kwargs.get("synthesis_kwargs") or {})}
     mapping_kwargs = dict(kwargs.get("mapping_kwargs") or {})
@@ -225,18 +246,51 @@ def _pickled_generator_options(record: PersistentRecord) -> dict:
     for options in (synthesis_kwargs, mapping_kwargs):
         if options.get("activation", "lrelu") != "lrelu":
             raise CheckpointError(f"activation {options['activation']!r} is not supported (only 'lrelu')")
+    synthesis_layers = [
+        layer
+        for block in _child_record(record, "synthesis").children.values()
+        for name, layer in block.children.items()
+        if name in ("conv0", "conv1", "torgb")
+    ]
+    mapping_layers = [
+        layer for name, layer in _child_record(record, "mapping").children.items() if _MAPPING_LAYER_NAME.fullmatch(name)
+    ]
     return {
-        "conv_clamp": synthesis_kwargs.get("conv_clamp"),
-        "lr_multiplier": mapping_kwargs.get("lr_multiplier", 0.01),
+        "conv_clamp": _recorded_attribute(synthesis_layers, "conv_clamp"),
+        # NVIDIA's FullyConnectedLayer keeps its lr multiplier as `bias_gain`.
+        "lr_multiplier": _recorded_attribute(mapping_layers, "bias_gain"),
     }
 
 
+def _child_record(record: PersistentRecord, name: str) -> PersistentRecord:
+    child = record.children.get(name)
+    if child is None:
+        raise CheckpointError(f"G_ema has no {name!r} network record")
+    return child
+
+
+def _recorded_attribute(layers: list[PersistentRecord], attribute: str) -> float | None:
+    """The one value of `attribute` that every layer record holds (None stays None)."""
+    if not layers:
+        raise CheckpointError(f"G_ema holds no layer records to read {attribute!r} from")
+    values = set()
+    for layer in layers:
+        if attribute not in layer.state:
+            raise CheckpointError(f"a pickled {layer.class_name} has no {attribute!r} attribute")
+        value = layer.state[attribute]
+        values.add(None if value is None else float(value))
+    if len(values) > 1:
+        raise CheckpointError(f"the pickled layers use different {attribute!r} values {sorted(values, key=str)}: one per generator is supported")
+    return values.pop()
+
+
 def _read_torch_file(path: Path) -> GeneratorCheckpoint:
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # mmap needs the zip format; legacy torch.save files are read whole.
-        contents = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(TORCH_FILE_SAFE_GLOBALS):
+        try:
+            contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            # mmap needs the zip format; legacy torch.save files are read whole.
+            contents = torch.load(path, map_location="cpu", weights_only=True)
     return _state_dict_checkpoint(path, contents)
 
 
@@ -258,6 +312,8 @@ def _state_dict_checkpoint(path: Path, contents: object) -> GeneratorCheckpoint:
     ({'G_ema': ...}, rosinality's {'g_ema': ..., 'latent_avg': ...}, e4e/pSp's {'state_dict': {'decoder.*'}})."""
     if not isinstance(contents, dict):
         raise CheckpointError(f"{path}: holds a {type(contents).__name__}, not a state dict")
+    if is_seed_generator_file(contents):
+        return _seed_generator_checkpoint(contents)
     latent_avg = contents.get("latent_avg")
     if isinstance(contents.get("G_ema"), dict):
         contents = contents["G_ema"]
@@ -288,6 +344,13 @@ def _rosinality_checkpoint(contents: dict, latent_avg: torch.Tensor | None) -> G
     else:
         state_dict["mapping.w_avg"] = estimate_w_avg(_mapping_network(architecture, state_dict))
     return GeneratorCheckpoint(CheckpointFormat.ROSINALITY, architecture, state_dict)
+
+
+def _seed_generator_checkpoint(contents: dict) -> GeneratorCheckpoint:
+    state_dict = _as_float32(seed_generator_to_nvidia(contents))
+    architecture = infer_architecture(state_dict, mapping_lr_multiplier=seed_mapping_lr_multiplier(contents))
+    architecture = replace(architecture, resample_filter=seed_resample_taps(contents))
+    return GeneratorCheckpoint(CheckpointFormat.SEED_GS, architecture, state_dict)
 
 
 def _mapping_network(architecture: GeneratorArchitecture, state_dict: dict[str, torch.Tensor]) -> MappingNetwork:

@@ -42,6 +42,12 @@ class PersistentRecord:
     def init_kwargs(self) -> dict:
         return dict(self.state.get("_init_kwargs") or {})
 
+    @property
+    def children(self) -> dict[str, PersistentRecord]:
+        """Submodule records by attribute name ('mapping', 'synthesis', 'b8', 'conv0', 'fc0', ...)."""
+        modules = self.state.get("_modules") or {}
+        return {name: child for name, child in modules.items() if isinstance(child, PersistentRecord)}
+
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Parameters and persistent buffers of this module and its children, by state-dict name."""
         tensors: dict[str, torch.Tensor] = {}

@@ -70,3 +70,48 @@ def load_vgg16_features(path: Path, device: torch.device | str = "cpu") -> VGG16
     network = VGG16Features()
     network.load_state_dict(vgg16_features_state(checkpoint), strict=True)
     return network.eval().requires_grad_(False).to(device)
+
+
+SEED_FEATURE_INDEX = 22
+"""relu4_3 (Keras' block4_conv3 after its ReLU): the seed's perceptual feature (its `output_layer_idx=23`)."""
+
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+"""The per-channel mean (B, G, R, of 0..255 pixels) the Caffe/Keras VGG16 weights were trained with."""
+
+
+class SeedPerceptualVGG16(nn.Module):
+    """The seed's perceptual model (`styleGAN2_model/perceptual_model.py`): VGG16 up to relu4_3 with the
+    Keras/Caffe weights, fed as those weights expect: [-1, 1] RGB → 0..255, BGR, minus `CAFFE_BGR_MEAN`.
+
+    Input: Nx3xHxW float RGB in [-1, 1]. Output: N x 512 x H/8 x W/8 float32 relu4_3 features.
+    """
+
+    def __init__(self, vgg: VGG16Features | None = None) -> None:
+        super().__init__()
+        self.vgg = vgg if vgg is not None else VGG16Features()
+        self.register_buffer("bgr_mean", torch.tensor(CAFFE_BGR_MEAN).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        bgr = (images.float() + 1.0) * 127.5
+        bgr = bgr.flip(1) - self.bgr_mean
+        return self.vgg.features[: SEED_FEATURE_INDEX + 1](bgr)
+
+
+def seed_vgg16_features_state(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The seed's `vgg16.pth` (keys `layerN.weight`/`layerN.bias`, N the index in its Sequential, which is
+    torchvision's `features` index) as `features.N.*` keys."""
+    state = {}
+    for key, value in checkpoint.items():
+        prefix, _, rest = key.partition(".")
+        if not prefix.startswith("layer") or not prefix[5:].isdigit():
+            raise ValueError(f"the seed's vgg16.pth has keys layerN.weight/bias, not {key!r}")
+        state[f"features.{prefix[5:]}.{rest}"] = value
+    return state
+
+
+def load_seed_perceptual_vgg16(path: Path, device: torch.device | str = "cpu") -> SeedPerceptualVGG16:
+    """Load the seed's `vgg16.pth` (a plain tensor dict, no pickled code) as a frozen perceptual model."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    vgg = VGG16Features()
+    vgg.load_state_dict(seed_vgg16_features_state(checkpoint), strict=True)
+    return SeedPerceptualVGG16(vgg).eval().requires_grad_(False).to(device)

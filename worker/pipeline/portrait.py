@@ -23,11 +23,19 @@ from worker.pipeline.align import find_and_align
 from worker.pipeline.compose import paste_back
 from worker.pipeline.edit import KEPT_FINE_LAYERS, EditConfig, remove_double_chin
 from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, noise_tensors, targets_from_rgb
-from worker.pipeline.masks import NeckMasks, SoftMaskConfig, neck_masks, soft_neck_mask
+from worker.pipeline.masks import (
+    WARP_HARD_MASK,
+    WARP_SOFT_MASK,
+    HardMaskConfig,
+    NeckMasks,
+    SoftMaskConfig,
+    neck_masks,
+)
 from worker.pipeline.refine import (
     DiffuseConfig,
     RefineResult,
     WarpConfig,
+    WarpRegions,
     refine_diffuse,
     refine_none,
     refine_warp,
@@ -59,9 +67,7 @@ class PipelineConfig:
     """The tunable parts of every stage, built from the settings once per job."""
 
     inversion: InversionConfig = INVERSION_PRESETS["fast"]
-    edit_margin: float = 1.0
-    no_chin_threshold: float = 0.0
-    fixed_alpha: float | None = None
+    edit: EditConfig = EditConfig()
     diffuse: DiffuseConfig = DiffuseConfig()
     warp: WarpConfig = WarpConfig()
     soft_mask: SoftMaskConfig = SoftMaskConfig()
@@ -77,9 +83,7 @@ class PipelineConfig:
             inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
             inversion=inversion,
-            edit_margin=settings.edit_margin,
-            no_chin_threshold=settings.no_chin_threshold,
-            fixed_alpha=settings.fixed_alpha,
+            edit=EditConfig.from_settings(settings, strength=1.0, keep_layers=KEPT_FINE_LAYERS),
             diffuse=DiffuseConfig(
                 steps=settings.diffuse_steps,
                 learning_rate=settings.diffuse_lr,
@@ -87,17 +91,17 @@ class PipelineConfig:
             ),
         )
 
+    def mask_configs(self, method: RefineMethod) -> tuple[SoftMaskConfig, HardMaskConfig]:
+        """The seed's warp builds its own, narrower mask (`get_neck_blur_mask`); diffuse and none use `get_neck_mask`'s."""
+        if method is RefineMethod.WARP:
+            return WARP_SOFT_MASK, WARP_HARD_MASK
+        return self.soft_mask, HardMaskConfig()
+
     def edit_config(self, options: EditOptions, num_ws: int) -> EditConfig:
         """Style layers past the generator's own count are dropped, so small test generators edit too."""
         keep = WARP_KEPT_LAYERS if options.refine is RefineMethod.WARP else KEPT_FINE_LAYERS
         keep = tuple(layer for layer in keep if layer < num_ws)
-        return EditConfig(
-            strength=options.strength,
-            margin=self.edit_margin,
-            no_chin_threshold=self.no_chin_threshold,
-            fixed_alpha=self.fixed_alpha,
-            keep_layers=keep,
-        )
+        return replace(self.edit, strength=options.strength, keep_layers=keep)
 
 
 class StageClock:
@@ -183,22 +187,16 @@ def run_pipeline(
         progress(Stage.REFINE, 0.0)
         edited_crop = synthesise(generator, edit.wp, registry.device)
         debug["edited"] = edited_crop
-        original_masks = neck_masks(original_crop, found.landmarks_aligned, registry.face_parser, config.soft_mask)
-        edited_masks = neck_masks(
-            edited_crop,
-            landmarks_of_generation(registry.landmarker, edited_crop, found.landmarks_aligned),
-            registry.face_parser,
-            config.soft_mask,
+        soft_config, hard_config = config.mask_configs(options.refine)
+        original_masks = neck_masks(
+            original_crop, found.landmarks_aligned, registry.face_parser, soft_config, hard_config=hard_config
         )
-        # The chin moves up: blend over where the neck is in either image, or the old fold would show.
-        neck_mask = original_masks.neck_mask | edited_masks.neck_mask
-        soft_mask = soft_neck_mask(neck_mask, config.soft_mask)
+        soft_mask = original_masks.soft_mask
         report["mask_source"] = original_masks.source.value
         debug["soft_mask"] = np.round(soft_mask * 255).astype(np.uint8)
         refined = refine(
-            options.refine, generator, registry, config, original_wp, original_crop, edited_crop,
-            original_masks, edited_masks, neck_mask, soft_mask,
-            lambda step, total, _losses: progress(Stage.REFINE, step / total),
+            options.refine, generator, registry, config, original_wp, original_crop, edited_crop, original_masks,
+            found.landmarks_aligned, lambda step, total, _losses: progress(Stage.REFINE, step / total),
         )  # fmt: skip
 
     with clock.stage(Stage.COMPOSE):
@@ -249,21 +247,30 @@ def refine(
     original_crop: np.ndarray,
     edited_crop: np.ndarray,
     original_masks: NeckMasks,
-    edited_masks: NeckMasks,
-    neck_mask: np.ndarray,
-    soft_mask: np.ndarray,
+    landmarks_aligned: np.ndarray,
     step_progress: Callable[[int, int, np.ndarray], None],
 ) -> RefineResult:
     if method is RefineMethod.DIFFUSE:
         return refine_diffuse(
-            generator, original_wp, edited_crop, original_crop, neck_mask, soft_mask,
-            registry.perceptual, config.diffuse, step_progress,
+            generator, original_wp, edited_crop, original_crop, original_masks.neck_mask,
+            original_masks.soft_mask, registry.diffuse_perceptual, config.diffuse, step_progress,
         )  # fmt: skip
     if method is RefineMethod.WARP:
-        return refine_warp(
-            edited_crop, original_crop, original_masks.face_region, edited_masks.face_region, soft_mask, config.warp
+        # the warp reads the edited generation's face and neck too, found the same way as the original's
+        edited_landmarks = landmarks_of_generation(registry.landmarker, edited_crop, landmarks_aligned)
+        soft_config, hard_config = config.mask_configs(method)
+        edited_masks = neck_masks(
+            edited_crop, edited_landmarks, registry.face_parser, soft_config, hard_config=hard_config
         )
-    return refine_none(edited_crop, original_crop, soft_mask)
+        return refine_warp(
+            edited_crop, original_crop, warp_regions(original_masks), warp_regions(edited_masks),
+            landmarks_aligned, original_masks.soft_mask, config.warp,
+        )  # fmt: skip
+    return refine_none(edited_crop, original_crop, original_masks.soft_mask)
+
+
+def warp_regions(masks: NeckMasks) -> WarpRegions:
+    return WarpRegions(face=masks.face_region, neck=masks.neck_region)
 
 
 @torch.no_grad()

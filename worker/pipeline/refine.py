@@ -1,12 +1,16 @@
 """Refine stage: put the edited generation's neck into the aligned original without seams.
 
 Three methods, one contract: every pixel where the soft mask D is 0 is the original's, exactly.
-- `refine_diffuse` (quality): re-synthesise the neck so that it fits the unchanged face. Start
-  from the ORIGINAL code and fit, with Adam, a target that is the original outside the neck
-  mask M and the edited generation inside it: pixel MSE only outside D, plus a small perceptual
-  term on the whole target. Result: original * (1 - D) + G(w*) * D.
-- `refine_warp` (speed): a piecewise-affine warp moves the edited generation's jaw contour onto
-  the original's at a few rows, then the blend under D. No optimisation.
+- `refine_diffuse` (quality): the seed's `mask_diffuse` (`CHINGER_inverter.py`, run by `main_diffuse.py`).
+  Re-synthesise the neck so that it fits the unchanged face: start from the ORIGINAL code and fit, with
+  Adam over the whole W+ code, a target that is the original outside the hard neck mask M and the edited
+  generation inside it: pixel MSE weighted by (1 - D), plus 1e-4 x the mean squared difference of the
+  seed's VGG16 relu4_3 features of the two images average-pooled to 256 px. Result: original * (1 - D) + G(w*) * D.
+- `refine_warp` (speed): the seed's `warp_img` (`warp/warpper.py`, `warp/utils.py`, run by `main_warp.py`).
+  The two faces' side contours are sampled at 5 rows of a band between the ear and the chin; the
+  edited points are pushed 1.2x further from the original's, then the edited generation is morphed half
+  way (triangles of a Delaunay mesh over those points, the neck's contour points and a fixed inner grid),
+  then blended under the warp's own soft mask. No optimisation.
 - `refine_none`: the blend under D alone.
 
 Images are SxSx3 uint8 RGB aligned crops; masks SxS (bool M, float32 D in [0, 1]); codes
@@ -21,43 +25,62 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.spatial import Delaunay
 
-from worker.pipeline.invert import (
-    PerceptualLoss,
-    ProgressCallback,
-    perceptual_input,
-    rgb_from_images,
-    targets_from_rgb,
-)
+from chinfix.settings import Settings
+from worker.pipeline.invert import ProgressCallback, rgb_from_images, targets_from_rgb
+
+DIFFUSE_FEATURE_RESOLUTION = 256
+"""The seed average-pools both 1024 px images to 256x256 before its perceptual model (`AdaptiveAvgPool2d`);
+smaller generators' images are pooled no further than their own size (never upsampled)."""
+
+_DEFAULTS = Settings.model_fields
 
 
 @dataclass(frozen=True)
 class DiffuseConfig:
-    """The seed's defaults: 100 Adam steps at lr 0.01, perceptual weight 1e-4.
+    """The seed's defaults (read from the settings, their one place): 100 Adam steps at lr 0.01,
+    perceptual weight 1e-4 on the seed's raw VGG16 relu4_3 feature MSE. The seed's training pairs
+    (`remove_double_chin_step2.py`) use weight 5e-5 (`TRAINING_DIFFUSE`).
 
     The pixel term is blind inside the soft mask, so the perceptual term alone carries the edited
-    neck into the result. The seed's 1e-4 weighted a raw VGG16 conv4_3 feature MSE (values in the
-    hundreds or more); LPIPS distances are below about 1, so with LPIPS the same weight makes that
-    term, and the edit, nearly vanish: calibrate it on real weights before relying on it.
+    neck into the result.
     """
 
-    steps: int = 100
-    learning_rate: float = 0.01
-    perceptual_weight: float = 1e-4
+    steps: int = _DEFAULTS["diffuse_steps"].default
+    learning_rate: float = _DEFAULTS["diffuse_lr"].default
+    perceptual_weight: float = _DEFAULTS["diffuse_perceptual_weight"].default
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.perceptual_weight < 0:
+            raise ValueError(f"perceptual_weight must be >= 0, got {self.perceptual_weight}")
+
+
+TRAINING_DIFFUSE = DiffuseConfig(perceptual_weight=5e-5)
 
 
 @dataclass(frozen=True)
 class WarpConfig:
-    """rows: contour rows matched on each side of the face. lower_face_fraction: the rows span
-    from this fraction of the face region's height down to the higher of the two chins."""
+    """The seed's warp: `rows` contour rows per side (its point_pair_num), the edited face points pushed
+    `push` times their offset from the original's, the morph `morph` of the way (its alpha), and an inner
+    grid of `grid_cells` cells a side (its sample_num) anchoring the mesh."""
 
     rows: int = 5
-    lower_face_fraction: float = 0.5
+    push: float = 1.2
+    morph: float = 0.5
+    grid_cells: int = 4
+
+
+@dataclass(frozen=True)
+class WarpRegions:
+    """What the warp reads of one crop: `face` (SxS bool, skin and features: the parser's face classes, or
+    the landmark outline) and `neck` (SxS bool, the parser's neck class, or the fallback's neck region)."""
+
+    face: np.ndarray
+    neck: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -71,10 +94,10 @@ class RefineResult:
 
 
 class PointPairs(NamedTuple):
-    """Kx2 float64 (x, y) points of the image to warp and where each must land."""
+    """Kx2 (x, y) points: where each lies in the original (`original`) and in the edited image (`edited`)."""
 
-    source: np.ndarray
-    target: np.ndarray
+    original: np.ndarray
+    edited: np.ndarray
 
 
 def blend_under_mask(inner_rgb: np.ndarray, outer_rgb: np.ndarray, soft_mask: np.ndarray) -> np.ndarray:
@@ -94,6 +117,11 @@ def diffuse_target(edited_rgb: np.ndarray, original_rgb: np.ndarray, neck_mask: 
     return np.where(neck_mask[..., None], edited_rgb, original_rgb)
 
 
+def diffuse_features(perceptual: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The seed's perceptual features of Nx3xSxS images in [-1, 1]: average-pooled to 256 px first."""
+    return perceptual(F.adaptive_avg_pool2d(images, min(DIFFUSE_FEATURE_RESOLUTION, images.shape[-1])))
+
+
 def refine_diffuse(
     G: torch.nn.Module,
     original_wp: np.ndarray,
@@ -101,15 +129,15 @@ def refine_diffuse(
     original_rgb: np.ndarray,
     neck_mask: np.ndarray,
     soft_mask: np.ndarray,
-    perceptual_loss: PerceptualLoss,
+    perceptual: torch.nn.Module,
     config: DiffuseConfig = DiffuseConfig(),
     progress: ProgressCallback | None = None,
 ) -> RefineResult:
     """Re-synthesise the neck from the original code (see the module docstring).
 
     G: StyleGAN2 generator in eval mode (receives no gradients); crops are S = G.img_resolution.
-    perceptual_loss: LPIPS (or any metric with `features`/`distance`), on G's device, frozen.
-    progress(step, steps, losses) after each step, losses a 1-element float64 array.
+    perceptual: images in [-1, 1] → features (the seed's VGG16 relu4_3, `SeedPerceptualVGG16`), on G's
+    device, frozen. progress(step, steps, losses) after each step, losses a 1-element float64 array.
     """
     device = G.w_avg.device
     side = G.img_resolution
@@ -121,18 +149,19 @@ def refine_diffuse(
 
     target = targets_from_rgb([diffuse_target(edited_rgb, original_rgb, neck_mask)], device)
     outside = torch.from_numpy(1.0 - soft_mask.astype(np.float32)).to(device)[None, None]
-    with torch.no_grad():
-        target_features = perceptual_loss.features(perceptual_input(target))
+    if config.perceptual_weight > 0:
+        with torch.no_grad():
+            target_features = diffuse_features(perceptual, target)
 
     code = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([code], lr=config.learning_rate)
     losses = np.zeros(config.steps)
     for step in range(config.steps):
         images = G.synthesis(code, noise_mode="const").float()
-        loss = ((images - target).square() * outside).mean()
+        loss = ((target - images) * outside).square().mean()
         if config.perceptual_weight > 0:
-            features = perceptual_loss.features(perceptual_input(images))
-            loss = loss + config.perceptual_weight * perceptual_loss.distance(features, target_features).sum()
+            features = diffuse_features(perceptual, images)
+            loss = loss + config.perceptual_weight * (target_features - features).square().mean()
         # grad w.r.t. the code only: G's parameters are shared with other jobs and stay untouched
         (code.grad,) = torch.autograd.grad(loss, [code])
         optimizer.step()
@@ -158,79 +187,79 @@ def region_side_edges(region: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray,
     return left, right
 
 
-def jaw_contour_pairs(
-    original_face_region: np.ndarray, edited_face_region: np.ndarray, config: WarpConfig = WarpConfig()
-) -> PointPairs:
-    """Where the edited face's side contour must move to sit on the original's, at a few rows.
-
-    Rows run from `lower_face_fraction` down the face to just above the higher of the two
-    chins (the chin tip itself is left out: there the two sides meet and the edit's new chin
-    line must stay). Each row gives a left and a right pair; the point halfway between the
-    edited sides is pinned so the warp fades out towards the middle of the face.
-    """
-    occupied = [np.flatnonzero(region.any(axis=1)) for region in (original_face_region, edited_face_region)]
-    if any(rows.size == 0 for rows in occupied):
-        return PointPairs(np.zeros((0, 2)), np.zeros((0, 2)))
-    top = max(rows[0] for rows in occupied)
-    bottom = min(rows[-1] for rows in occupied)
-    first = top + config.lower_face_fraction * (bottom - top)
-    rows = np.unique(np.round(np.linspace(first, bottom, config.rows + 1)[:-1]).astype(int))
-    original_left, original_right = region_side_edges(original_face_region, rows)
-    edited_left, edited_right = region_side_edges(edited_face_region, rows)
+def contour_pairs(original_region: np.ndarray, edited_region: np.ndarray, rows: int) -> tuple[PointPairs, PointPairs]:
+    """The seed's `get_point`: `rows` rows evenly spaced from the lower of the two regions' top rows to the
+    higher of their bottom rows (the last one left out), and on each the leftmost and rightmost columns of
+    each region. Returns (left side pairs, right side pairs), Kx2 (x, y). Rows where either region is
+    empty are skipped (the seed would fail on them)."""
+    occupied = [np.flatnonzero(region.any(axis=1)) for region in (original_region, edited_region)]
+    if any(found.size == 0 for found in occupied):
+        empty = PointPairs(np.zeros((0, 2)), np.zeros((0, 2)))
+        return empty, empty
+    top = max(found[0] for found in occupied)
+    bottom = min(found[-1] for found in occupied)
+    sampled = np.linspace(top, bottom, rows + 1).astype(np.int64)[:-1]
+    original_left, original_right = region_side_edges(original_region, sampled)
+    edited_left, edited_right = region_side_edges(edited_region, sampled)
     found = ~np.isnan(original_left + edited_left)
-    y = rows[found].astype(np.float64)
-    middle = (edited_left[found] + edited_right[found]) / 2.0
-    source_x = np.concatenate([edited_left[found], edited_right[found], middle])
-    target_x = np.concatenate([original_left[found], original_right[found], middle])
-    row_y = np.tile(y, 3)
-    source = np.stack([source_x, row_y], axis=1)
-    target = np.stack([target_x, row_y], axis=1)
-    return PointPairs(source, target)
+    y = sampled[found].astype(np.float64)
+
+    def points(x: np.ndarray) -> np.ndarray:
+        return np.stack([x[found], y], axis=1)
+
+    left = PointPairs(points(original_left), points(edited_left))
+    right = PointPairs(points(original_right), points(edited_right))
+    return left, right
 
 
-def border_anchors(height: int, width: int, per_side: int = 4) -> np.ndarray:
-    """Nx2 points spread along the image border (corners included): they stay put in a warp."""
-    xs = np.linspace(0, width - 1, per_side + 1)
-    ys = np.linspace(0, height - 1, per_side + 1)
-    points = [(x, 0.0) for x in xs] + [(x, height - 1.0) for x in xs]
-    points += [(0.0, y) for y in ys[1:-1]] + [(width - 1.0, y) for y in ys[1:-1]]
-    return np.array(points, dtype=np.float64)
+def warp_band(landmarks68: np.ndarray, side: int) -> tuple[np.ndarray, int]:
+    """The seed's `get_warpping_mask` from the original's landmarks (68x2, in crop pixels), at 512 px as
+    there: (SxS bool rows from the lower ear point (0, 16) down to above the higher of points 7 and 10,
+    the chin point's row at S px)."""
+    at_512 = landmarks68 * 512 / side
+    band = np.zeros((512, 512), np.uint8)
+    band[int(max(at_512[0, 1], at_512[16, 1])) : int(min(at_512[7, 1], at_512[10, 1]))] = 255
+    # the seed scales its 0/255 band up bilinearly and keeps only full-weight rows
+    band_full = cv2.resize(band, (side, side), interpolation=cv2.INTER_LINEAR) == 255
+    return band_full, int(int(at_512[8, 1]) / 512 * side)
 
 
-def piecewise_affine_map(shape: tuple[int, int], pairs: PointPairs) -> tuple[np.ndarray, np.ndarray]:
-    """The backward map (HxW float32 map_x, map_y, for cv2.remap) of the piecewise-affine warp
-    that carries each source point onto its target and keeps the image border in place.
+def seed_warp_points(
+    original: WarpRegions, edited: WarpRegions, landmarks68: np.ndarray, config: WarpConfig = WarpConfig()
+) -> PointPairs:
+    """The seed's point pairs: the face contours in the band (edited points pushed `config.push` times their
+    offset), and the edited neck's contour below the chin on both sides (the same in both images: anchors).
+    Kx2 int64 (x, y), truncated to whole pixels as the seed does."""
+    side = original.face.shape[0]
+    band, chin_row = warp_band(landmarks68, side)
+    face_left, face_right = contour_pairs(original.face & band, edited.face & band, config.rows)
+    below_chin = np.arange(side)[:, None] >= chin_row
+    neck_left, neck_right = contour_pairs(original.neck & below_chin, edited.neck & below_chin, config.rows)
 
-    Triangles: a Delaunay triangulation of the targets (and border anchors); inside each, an
-    output pixel is read from the same barycentric position in the source triangle.
-    """
-    height, width = shape
-    anchors = border_anchors(height, width)
-    target = np.concatenate([pairs.target, anchors])
-    source = np.concatenate([pairs.source, anchors])
-    # a target given twice (or on an anchor) would leave Delaunay to pick one of two sources
-    _, first_index = np.unique(np.round(target, 3), axis=0, return_index=True)
-    keep = np.sort(first_index)
-    target, source = target[keep], source[keep]
+    def pushed(pairs: PointPairs) -> np.ndarray:
+        return pairs.original + (pairs.edited - pairs.original) * config.push
 
-    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    moved = np.flatnonzero(np.any(np.abs(source - target) > 1e-9, axis=1))
-    triangles = Delaunay(target).simplices if moved.size else np.zeros((0, 3), int)
-    # only triangles with a moving corner differ from the identity
-    triangles = triangles[np.isin(triangles, moved).any(axis=1)]
-    affines = np.stack([target_to_source_affine(target[t], source[t]) for t in triangles] + [identity])
+    original_points = [face_left.original, neck_left.edited, neck_right.edited, face_right.original]
+    edited_points = [pushed(face_left), neck_left.edited, neck_right.edited, pushed(face_right)]
+    return PointPairs(
+        np.concatenate(original_points).astype(np.int64), np.concatenate(edited_points).astype(np.int64)
+    )
 
-    # which triangle each output pixel lies in, rasterised (far faster than a point-location query);
-    # the last index, the identity, is everywhere else
-    labels = np.full((height, width), len(triangles), np.int32)
-    for index, corners in enumerate(target[triangles]):
-        cv2.fillConvexPoly(labels, np.round(corners * 16).astype(np.int32), index, shift=4)
-    coefficients = affines.reshape(-1, 6).astype(np.float32)[labels]
-    x = np.arange(width, dtype=np.float32)[None, :]
-    y = np.arange(height, dtype=np.float32)[:, None]
-    map_x = coefficients[..., 0] * x + coefficients[..., 1] * y + coefficients[..., 2]
-    map_y = coefficients[..., 3] * x + coefficients[..., 4] * y + coefficients[..., 5]
-    return map_x, map_y
+
+def seed_mesh_anchors(side: int, cells: int = 4) -> np.ndarray:
+    """The seed's fixed mesh points (`get_tris`): the corners and edge midpoints of the image, the point a
+    quarter down its centre line, and a ring of grid points one half-cell inside the border. Nx2 float64."""
+    last = side - 1
+    step = side / cells / 2
+    anchors = [(0, 0), (side // 2, 0), (last, 0), (last, side // 2), (last, last), (side // 2, last), (0, last), (0, side // 2)]
+    anchors.append((side / 2, side / cells))
+    skipped = (cells - 1, cells, cells + 1)
+    for index in range(1, cells * 2):
+        if index not in skipped:
+            anchors += [(step * index, step), (step * index, step * (cells * 2 - 1))]
+    for index in range(2, cells * 2 - 1):
+        anchors += [(step, step * index), (step * (cells * 2 - 1), step * index)]
+    return np.array(anchors, dtype=np.float64)
 
 
 def target_to_source_affine(target_triangle: np.ndarray, source_triangle: np.ndarray) -> np.ndarray:
@@ -239,26 +268,58 @@ def target_to_source_affine(target_triangle: np.ndarray, source_triangle: np.nda
     return np.linalg.solve(homogeneous, source_triangle).T
 
 
-def piecewise_affine_warp(image: np.ndarray, pairs: PointPairs) -> np.ndarray:
-    """HxW[xC] image warped so that what was at each source point is at its target point."""
-    map_x, map_y = piecewise_affine_map(image.shape[:2], pairs)
-    return cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+def triangle_warp_map(
+    shape: tuple[int, int], source: np.ndarray, target: np.ndarray, triangles: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The backward map (HxW float32 map_x, map_y, for cv2.remap) that fills each target triangle (Kx3 indices
+    into the Nx2 `target` points) with the matching `source` triangle. Triangles are painted in order, later
+    ones over earlier ones; pixels under none, and degenerate triangles, read the same pixel of the source."""
+    height, width = shape
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    affines = [identity]
+    labels = np.zeros((height, width), np.int32)
+    for corners in triangles:
+        target_triangle, source_triangle = target[corners].astype(np.float64), source[corners].astype(np.float64)
+        if abs(np.linalg.det(np.concatenate([target_triangle, np.ones((3, 1))], axis=1))) < 1e-9:
+            continue
+        affines.append(target_to_source_affine(target_triangle, source_triangle))
+        cv2.fillConvexPoly(labels, np.round(target_triangle * 16).astype(np.int32), len(affines) - 1, shift=4)
+    coefficients = np.stack(affines).reshape(-1, 6).astype(np.float32)[labels]
+    x = np.arange(width, dtype=np.float32)[None, :]
+    y = np.arange(height, dtype=np.float32)[:, None]
+    map_x = coefficients[..., 0] * x + coefficients[..., 1] * y + coefficients[..., 2]
+    map_y = coefficients[..., 3] * x + coefficients[..., 4] * y + coefficients[..., 5]
+    return map_x, map_y
+
+
+def seed_morph(edited_rgb: np.ndarray, pairs: PointPairs, config: WarpConfig = WarpConfig()) -> np.ndarray:
+    """The seed's partial morph (`warp`): a Delaunay mesh over the fixed anchors and the ORIGINAL-side
+    points; each triangle of the edited image (at the edited-side points) is moved to where the points lie
+    `config.morph` of the way from their edited to their original positions. SxSx3 uint8 in and out."""
+    side = edited_rgb.shape[0]
+    anchors = seed_mesh_anchors(side, config.grid_cells)
+    original = np.concatenate([anchors, pairs.original]).astype(np.int64)
+    edited = np.concatenate([anchors, pairs.edited]).astype(np.int64)
+    between = ((1 - config.morph) * original + config.morph * edited).astype(np.int64)
+    triangles = Delaunay(np.concatenate([anchors, pairs.original])).simplices
+    map_x, map_y = triangle_warp_map(edited_rgb.shape[:2], edited, between, triangles)
+    return cv2.remap(edited_rgb, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def refine_warp(
     edited_rgb: np.ndarray,
     original_rgb: np.ndarray,
-    original_face_region: np.ndarray,
-    edited_face_region: np.ndarray,
+    original: WarpRegions,
+    edited: WarpRegions,
+    landmarks68: np.ndarray,
     soft_mask: np.ndarray,
     config: WarpConfig = WarpConfig(),
 ) -> RefineResult:
-    """Warp the edited generation's jaw contour onto the original's, then blend under D.
+    """The seed's warp refinement: morph the edited generation's jaw towards the original's, blend under D.
 
-    The face regions (SxS bool) come from parsing each crop (`masks.face_region_from_parsing`)
-    or from its landmarks (`masks.face_region_from_landmarks`). Regions with no rows in common
-    leave nothing to match: the result is then `refine_none`'s.
+    landmarks68: the original crop's 68 landmarks (crop pixels); soft_mask: the warp's own soft mask
+    (`masks.WARP_HARD_MASK` and `masks.WARP_SOFT_MASK`). Regions with no rows in common give no contour
+    points: the mesh then holds still and the result is `refine_none`'s.
     """
-    pairs = jaw_contour_pairs(original_face_region, edited_face_region, config)
-    warped = piecewise_affine_warp(edited_rgb, pairs)
-    return RefineResult(blend_under_mask(warped, original_rgb, soft_mask))
+    pairs = seed_warp_points(original, edited, landmarks68, config)
+    return RefineResult(blend_under_mask(seed_morph(edited_rgb, pairs, config), original_rgb, soft_mask))
