@@ -14,8 +14,18 @@ import pytest
 import torch
 
 from tests.generator_fixtures import build_tiny_generator
+from tests.perceptual_fixtures import build_random_seed_perceptual
 from worker.models.lpips import build_random_lpips
-from worker.pipeline.invert import InversionConfig, noise_tensors, project, step_optimizer, w_statistics
+from worker.pipeline.invert import (
+    InversionConfig,
+    noise_tensors,
+    project,
+    rgb_from_images,
+    step_optimizer,
+    w_statistics,
+)
+from worker.pipeline.masks import soft_neck_mask
+from worker.pipeline.refine import DiffuseConfig, refine_diffuse
 
 READ_BACK_METHODS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 """Tensor methods that bring a value to the host: on CUDA each one waits for the device."""
@@ -90,6 +100,46 @@ def test_a_projector_step_reads_nothing_back(generator, metric, w_stats, read_ba
     result = project(generator, synthesised_target(generator, seed=1), metric, config, w_stats, progress)
     assert read_backs.calls == []
     assert np.isfinite(result.losses).all() and result.losses.shape == (1, config.steps)
+
+
+@pytest.fixture(scope="module")
+def diffuse_inputs(generator, tmp_path_factory) -> dict:
+    """A face, the same face with another's coarse layers as the 'edit', a lower-middle neck, the seed's VGG."""
+    z = torch.randn(2, generator.z_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        codes = generator.mapping(z, truncation_psi=0.7)
+        edited_codes = torch.cat([codes[1:, :4], codes[:1, 4:]], dim=1)
+        original, edited = rgb_from_images(generator.synthesis(torch.cat([codes[:1], edited_codes])))
+    neck = np.zeros((32, 32), bool)
+    neck[24:, 8:24] = True
+    return {
+        "G": generator, "original_wp": codes[:1].numpy(), "edited_rgb": edited, "original_rgb": original,
+        "neck_mask": neck, "soft_mask": soft_neck_mask(neck),
+        "perceptual": build_random_seed_perceptual(0, tmp_path_factory.mktemp("vgg")),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_diffuse_step_reads_nothing_back(diffuse_inputs, read_backs, precision) -> None:
+    def progress(step: int, total: int, losses: torch.Tensor) -> None:
+        read_backs.counting = step < total
+
+    config = DiffuseConfig(steps=5, learning_rate=0.05, precision=precision)
+    result = refine_diffuse(**diffuse_inputs, config=config, progress=progress)
+    assert read_backs.calls == []
+    assert np.isfinite(result.losses).all() and result.losses.shape == (5,)
+
+
+def test_bf16_diffuse_lands_where_fp32_does(diffuse_inputs) -> None:
+    fp32 = DiffuseConfig(steps=20, learning_rate=0.05)
+    results = {config.precision: refine_diffuse(**diffuse_inputs, config=config)
+               for config in (fp32, dataclasses.replace(fp32, precision="bf16"))}  # fmt: skip
+    loss_32, loss_16 = results["fp32"].losses[-1], results["bf16"].losses[-1]
+    assert abs(loss_16 - loss_32) <= 0.02 * loss_32, (loss_32, loss_16)
+    assert loss_32 != loss_16 and loss_32 < results["fp32"].losses[0]
+    original = torch.from_numpy(diffuse_inputs["original_rgb"]).float() / 127.5 - 1
+    psnrs = [psnr(torch.from_numpy(results[p].image).float() / 127.5 - 1, original) for p in ("fp32", "bf16")]
+    assert abs(psnrs[0] - psnrs[1]) <= 0.5, psnrs
 
 
 def test_the_learning_rate_is_a_tensor_the_loop_refills() -> None:

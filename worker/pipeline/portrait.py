@@ -74,11 +74,9 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
-        inversion = replace(
-            INVERSION_PRESETS[settings.invert_preset],
-            space=settings.invert_space,
-            precision="bf16" if settings.precision == "bf16" else "fp32",
-        )
+        # fp16 is the generator's own setting (NVIDIA's float16 blocks); only bf16 is an autocast of the loops
+        loop_precision = "bf16" if settings.precision == "bf16" else "fp32"
+        inversion = replace(INVERSION_PRESETS[settings.invert_preset], space=settings.invert_space, precision=loop_precision)
         if settings.invert_steps is not None:
             inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
@@ -88,6 +86,7 @@ class PipelineConfig:
                 steps=settings.diffuse_steps,
                 learning_rate=settings.diffuse_lr,
                 perceptual_weight=settings.diffuse_perceptual_weight,
+                precision=loop_precision,
             ),
         )
 
