@@ -57,6 +57,7 @@ class Settings(BaseSettings):
         description="generator precision: fp16 = NVIDIA's float16 blocks (CUDA); bf16 = generator and VGG under "
         "bfloat16 autocast in the optimisation loops, codes and Adam state in float32",
     )
+    tf32: bool = Field(True, description="CUDA: TF32 tensor cores for float32 convolutions and matmuls")
     worker_batch: int = Field(
         1, ge=1, le=64, description="jobs one worker process runs at once; their inversions share GPU batches"
     )

@@ -36,14 +36,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_cuda_math(device: torch.device) -> None:
+def configure_cuda_math(device: torch.device, tf32: bool = True) -> None:
     """How production runs on CUDA: cuDNN autotuning (the optimisation loops run the same convolutions every
-    step, so the tuning pays once) and TF32 tensor cores for float32 convolutions and matmuls. No-op on CPU."""
+    step, so the tuning pays once) and, unless `tf32` is off, TF32 tensor cores for float32 convolutions and
+    matmuls. No-op on CPU."""
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def generator_precision(precision: str, device: torch.device) -> tuple[int, bool]:
@@ -99,7 +100,7 @@ class ModelRegistry:
             store=ModelStore(settings.model_dir),
             edit_portrait=import_function(settings.pipeline),
         )
-        configure_cuda_math(registry.device)
+        configure_cuda_math(registry.device, settings.tf32)
         registry._load_all()
         return registry
 
