@@ -10,27 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.generator_fixtures import build_tiny_generator
+from tests.projector_fixtures import generator, metric, w_stats  # noqa: F401 (fixtures)
 from worker.batcher import BatchingInverter, GpuBatcher
-from worker.models.lpips import build_random_lpips
-from worker.pipeline.invert import InversionConfig, project, w_statistics
+from worker.pipeline.invert import InversionConfig, project
 
 CONFIG = InversionConfig(steps=8)
-
-
-@pytest.fixture(scope="module")
-def generator():
-    return build_tiny_generator(resolution=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def metric():
-    return build_random_lpips(seed=0)
-
-
-@pytest.fixture(scope="module")
-def w_stats(generator):
-    return w_statistics(generator, samples=500)
 
 
 def synthesised_targets(G, count: int, seed: int) -> list[torch.Tensor]:

@@ -13,16 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.generator_fixtures import build_tiny_generator
+from tests.projector_fixtures import generator, metric, w_stats  # noqa: F401 (fixtures)
 from tests.perceptual_fixtures import build_random_seed_perceptual
-from worker.models.lpips import build_random_lpips
 from worker.pipeline.invert import (
     InversionConfig,
     noise_tensors,
     project,
     rgb_from_images,
     step_optimizer,
-    w_statistics,
 )
 from worker.pipeline.masks import soft_neck_mask
 from worker.pipeline.refine import DiffuseConfig, refine_diffuse
@@ -30,21 +28,6 @@ from worker.pipeline.refine import DiffuseConfig, refine_diffuse
 READ_BACK_METHODS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 """Tensor methods that bring a value to the host: on CUDA each one waits for the device."""
 TORCH_DIR = str(Path(torch.__file__).resolve().parent)
-
-
-@pytest.fixture(scope="module")
-def generator():
-    return build_tiny_generator(resolution=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def metric():
-    return build_random_lpips(seed=0)
-
-
-@pytest.fixture(scope="module")
-def w_stats(generator):
-    return w_statistics(generator, samples=500)
 
 
 def synthesised_target(G, seed: int) -> torch.Tensor:
