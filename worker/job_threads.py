@@ -53,6 +53,7 @@ def run_job_threads(
 ) -> None:
     """Drain `queue` with `jobs_at_once` job threads sharing one GPU batcher; return when all have stopped
     (burst: the queue is empty; otherwise SIGINT/SIGTERM, after the running jobs finish)."""
+    alone_inverter = registry.inverter
     with GpuBatcher(jobs_at_once, max_wait_seconds) as batcher:
         registry.inverter = BatchingInverter(batcher)
         workers = [
@@ -84,3 +85,4 @@ def run_job_threads(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            registry.inverter = alone_inverter
