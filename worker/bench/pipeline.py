@@ -202,11 +202,13 @@ def random_weight_registry(resolution: int, device: torch.device, settings: Sett
     from worker.models.landmarks import load_dlib_landmarker
     from worker.models.lpips import build_random_lpips
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
+    from worker.models.vgg16 import SeedPerceptualVGG16
     from worker.pipeline.invert import w_statistics
     from worker.pipeline.portrait import edit_portrait
     from worker.registry import ModelRegistry, generator_precision
 
     settings = settings or Settings()
+    lpips = build_random_lpips(seed=0, device=device)
     torch.manual_seed(0)
     generator = Generator(GeneratorArchitecture.from_channel_rule(resolution)).eval().requires_grad_(False).to(device)
     generator.set_precision(*generator_precision(settings.precision, device))
@@ -218,7 +220,9 @@ def random_weight_registry(resolution: int, device: torch.device, settings: Sett
         generator=generator,
         w_stats=w_statistics(generator),
         fine_boundary=double_chin_boundary(generator),
-        perceptual=build_random_lpips(seed=0, device=device),
+        perceptual=lpips,
+        # the seed's perceptual model of diffuse is the same VGG16 trunk, fed its own way; speed needs no own weights
+        diffuse_perceptual=SeedPerceptualVGG16(lpips.vgg).eval().requires_grad_(False).to(device),
         landmarker=load_dlib_landmarker(),
         face_parser=BiSeNet().eval().requires_grad_(False).to(device),
     )
