@@ -147,7 +147,7 @@ def test_bf16_autocast_lands_where_fp32_does(generator, metric, w_stats) -> None
     """Final loss within 2%, reconstruction PSNR within 0.5 dB. The noise regulariser and the exploration noise
     are off so that the loss is the LPIPS distance the networks compute (the regulariser is float32 in both)."""
     target = synthesised_target(generator, seed=2)
-    fp32 = InversionConfig(steps=40, noise_regularization=0.0, w_noise_factor=0.0)
+    fp32 = InversionConfig(steps=20, noise_regularization=0.0, w_noise_factor=0.0)
     outcomes = {}
     for config in (fp32, dataclasses.replace(fp32, precision="bf16")):
         result = project(generator, target, metric, config, w_stats)
