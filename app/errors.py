@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import secrets
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from chinfix.contract import ErrorCode
 from chinfix.errors import ImageError, describe_validation_errors
@@ -39,6 +40,19 @@ def error_response(
 _STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 401: ErrorCode.UNAUTHORIZED}
 
 
+ROUTABLE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> set[str]:
+    """Every method some route serves on the request's path, OPTIONS included."""
+    routes = request.app.router.routes
+    return {"OPTIONS"} | {
+        method
+        for method in ROUTABLE_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -53,10 +67,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, ErrorCode.INVALID_OPTIONS, describe_validation_errors(error.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405:
+            # Starlette names the methods of the first route on the path only; a path has several.
+            allow = ", ".join(sorted(allowed_methods(request)))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            headers = {**(headers or {}), "Allow": allow}
         code = _STATUS_CODES.get(error.status_code, ErrorCode.INVALID_OPTIONS)
         message = f"{request.method} {request.url.path}: {error.detail}. See /docs for the API."
-        return error_response(error.status_code, code, message, getattr(error, "headers", None))
+        return error_response(error.status_code, code, message, headers)
 
     @app.exception_handler(RedisError)
     async def _redis_error(_: Request, error: RedisError) -> JSONResponse:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from rq import Queue
 
+from app.auth import require_metrics_key
 from chinfix.jobs import JobStore, read_outcomes
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted under their own name; any other (a client can send any token) is counted as `other`."""
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -32,7 +35,7 @@ class ServiceStateCollector(Collector):
         redis_up = GaugeMetricFamily("chinfix_redis_up", "1 when Redis answered this scrape")
         try:
             queued = self.queue.count
-            running = self.queue.started_job_registry.count
+            running = self.store.settle_running()
             heartbeats = self.store.worker_heartbeats()
             outcomes = read_outcomes(self.store.redis, self.store.keys)
         except RedisError:
@@ -54,8 +57,13 @@ class ServiceStateCollector(Collector):
         yield ended
 
 
+def method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else "other"
+
+
 def install_metrics(app: FastAPI, store: JobStore, queue: Queue) -> None:
-    """Count every request by route and status, time it, and serve `/metrics` (unauthenticated, like the probes)."""
+    """Count every request by route and status, time it, and serve `/metrics` (behind CHINFIX_METRICS_KEY when
+    set). Labels take a bounded set of values: the route templates, `unmatched`, the methods above, `other`."""
     registry = CollectorRegistry()
     requests = Counter(
         "chinfix_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=registry
@@ -70,10 +78,11 @@ def install_metrics(app: FastAPI, store: JobStore, queue: Queue) -> None:
         start = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
-        latency.labels(request.method, route).observe(time.perf_counter() - start)
-        requests.labels(request.method, route, str(response.status_code)).inc()
+        method = method_label(request.method)
+        latency.labels(method, route).observe(time.perf_counter() - start)
+        requests.labels(method, route, str(response.status_code)).inc()
         return response
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_metrics_key)])
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -65,10 +65,12 @@ class WorkerView(BaseModel):
 
 
 class Readiness(BaseModel):
+    """Anonymous callers see `ready` only; the operator key (CHINFIX_METRICS_KEY) shows the rest."""
+
     ready: bool
-    redis: bool
-    workers: list[WorkerView]
-    problems: list[str]
+    redis: bool | None = None
+    workers: list[WorkerView] | None = None
+    problems: list[str] | None = None
 
 
 def timestamp(value: float | None) -> datetime | None:

@@ -52,6 +52,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     QUEUE_FULL = "queue_full"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
     SERVICE_UNAVAILABLE = "service_unavailable"
     # job errors (the job ends failed)
     NO_FACE = "no_face"
@@ -61,6 +63,7 @@ class ErrorCode(StrEnum):
     JOB_TIMEOUT = "job_timeout"
     WORKER_LOST = "worker_lost"
     JOB_LOST = "job_lost"
+    LOW_QUALITY = "low_quality"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -68,6 +71,17 @@ class RefineMethod(StrEnum):
     DIFFUSE = "diffuse"
     WARP = "warp"
     NONE = "none"
+
+
+class QualityPolicy(StrEnum):
+    """What the worker does with an edit that fails the quality gate."""
+
+    RETURN_ORIGINAL = "return_original"
+    """the job succeeds and the photo comes back unchanged; the report's `quality.reasons` say why"""
+    FAIL = "fail"
+    """the job fails with `low_quality`"""
+    REPORT = "report"
+    """the edit comes back all the same (the paper's behaviour); the report still says it failed the gate"""
 
 
 class OutputFormat(StrEnum):
@@ -137,6 +151,18 @@ class RedisKeys:
     def job_lease(self, job_id: str) -> str:
         """Refreshed by the worker while it runs the job; its expiry means the worker died."""
         return f"{self.prefix}:job:{job_id}:lease"
+
+    def running(self) -> str:
+        """Sorted set: the jobs running now (score: start time); the `running` gauge counts it."""
+        return f"{self.prefix}:running"
+
+    def tenant_active(self, owner: str) -> str:
+        """Sorted set: a tenant's queued and running jobs (score: creation time); its quota counts it."""
+        return f"{self.prefix}:tenant:{owner}:active"
+
+    def tenant_bucket(self, owner: str) -> str:
+        """Hash: a tenant's rate-limit token bucket (tokens, last refill time)."""
+        return f"{self.prefix}:tenant:{owner}:bucket"
 
     def outcomes(self) -> str:
         """Hash: how many jobs ended each way, ever (fields `succeeded` and `failed:<error code>`)."""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from chinfix.contract import ErrorCode
 
 
 class ChinfixError(Exception):
     """Base: a known failure with a code from the contract and a human sentence."""
+
+    report: dict[str, Any] | None = None
+    """What the job found out before it failed, kept in the failed job's record (None: nothing worth keeping)."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
@@ -16,6 +21,14 @@ class ChinfixError(Exception):
 
 class PipelineError(ChinfixError):
     """A job cannot be done for a reason the client should hear (no face, model missing, ...)."""
+
+
+class LowQualityError(PipelineError):
+    """An edit failed the quality gate under CHINFIX_QUALITY_POLICY=fail; the report says by how much."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(ErrorCode.LOW_QUALITY, message)
+        self.report = report
 
 
 class ImageError(ChinfixError):

@@ -5,24 +5,65 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import model_store
+from chinfix.contract import QualityPolicy
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_TENANT = "default"
+
+
+class ApiKey(BaseModel):
+    """One bearer key and the tenant it belongs to. A tenant may hold several keys (rotation)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    key: SecretStr
+
+    @classmethod
+    def parse(cls, entry: str) -> ApiKey:
+        """`tenant:key`, or a bare `key` (the older form) for tenant `default`."""
+        tenant, separator, key = entry.strip().partition(":")
+        if not separator:
+            tenant, key = DEFAULT_TENANT, tenant
+        if not key.strip():
+            raise ValueError(f"API key entry for tenant {tenant!r} has an empty key")
+        return cls(tenant=tenant.strip(), key=SecretStr(key.strip()))
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHINFIX_", extra="ignore", frozen=True)
+    # Empty variables count as unset: docker-compose passes `${VAR:-}` through as "".
+    model_config = SettingsConfigDict(env_prefix="CHINFIX_", extra="ignore", frozen=True, env_ignore_empty=True)
 
     # HTTP
     host: str = Field("127.0.0.1", description="address `serve` and `up` listen on")
     port: int = Field(8000, ge=1, le=65535, description="port `serve` and `up` listen on")
-    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        (), description="comma-separated bearer keys; empty means the API is open (local use only)"
+    api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = Field(
+        (),
+        description="comma-separated `tenant:key` pairs (a bare `key` belongs to tenant `default`); "
+        "empty means the API is open (local use only)",
+    )
+    allow_open: bool = Field(True, description="`serve` refuses to start without API keys when false (compose)")
+    metrics_key: SecretStr | None = Field(
+        None, description="bearer key /metrics and the details of /readyz require; unset: /metrics is open"
     )
     public_url: str | None = Field(None, description="base URL put in job links; default: the request's own")
+    trusted_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("127.0.0.1", "localhost"),
+        description="Host header values job links may be built from when public_url is unset; others get relative links",
+    )
+
+    # per-tenant limits
+    rate_limit: float | None = Field(
+        None, gt=0, description="requests per second per tenant (token bucket in Redis); unset: no limit"
+    )
+    rate_burst: int = Field(20, ge=1, description="requests a tenant may make at once before rate_limit applies")
+    tenant_max_active_jobs: int = Field(
+        100, ge=1, description="queued plus running jobs per tenant; POST /edit answers 429 quota_exceeded above"
+    )
 
     # queue and storage
     redis_url: str | None = Field(
@@ -42,6 +83,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20_000_000, ge=1, description="largest accepted upload (413 above)")
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted width x height, read from the header")
     min_side: int = Field(64, ge=1, description="smallest accepted width or height")
+    max_concurrent_checks: int = Field(
+        2, ge=1, description="uploads the API checks at once; the rest wait (bounds its memory)"
+    )
+    decode_budget_bytes: int = Field(
+        600_000_000, ge=1, description="the worker refuses to decode a photo whose pixels would need more memory"
+    )
+    redis_retry_seconds: float = Field(
+        300.0, ge=0, description="how long a worker retries a Redis write (backoff) before giving the job up"
+    )
 
     # models and compute
     pipeline: str = Field(
@@ -90,11 +140,29 @@ class Settings(BaseSettings):
         False, description="remove the yaw component from the edit direction (needs pose_yaw_boundary)"
     )
 
+    # quality gate (README: "Quality facts and the quality gate" says how the defaults were chosen)
+    min_identity: float = Field(
+        0.95, ge=-1, le=1, description="least cosine similarity of the original's and the edit's face descriptors"
+    )
+    max_neck_lpips: float = Field(
+        0.4, ge=0, description="largest LPIPS of the reconstruction against the photo inside the neck mask"
+    )
+    quality_policy: QualityPolicy = Field(
+        QualityPolicy.RETURN_ORIGINAL, description="what an edit failing the gate becomes: return_original, fail, report"
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(key.strip() for key in value.split(",") if key.strip())
+            return tuple(ApiKey.parse(entry) for entry in value.split(",") if entry.strip())
+        return value
+
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(host.strip().lower() for host in value.split(",") if host.strip())
         return value
 
     @property

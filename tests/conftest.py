@@ -12,6 +12,7 @@ import redis
 from rq import Queue
 
 from chinfix.embedded_redis import EmbeddedRedis
+from chinfix.jobs import redis_answers
 from tests.service_harness import REPO_ROOT, start_api
 
 
@@ -19,12 +20,9 @@ from tests.service_harness import REPO_ROOT, start_api
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The machine's Redis when one answers (CHINFIX_TEST_REDIS_URL or 127.0.0.1:6379), else a private one."""
     url = os.environ.get("CHINFIX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    if redis_answers(url):
         yield url
         return
-    except redis.RedisError:
-        pass
     embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
     yield embedded.start()
     embedded.stop()

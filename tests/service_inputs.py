@@ -9,6 +9,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from app.bench import png_chunk
+
 
 def png_bytes(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -40,9 +42,23 @@ def jpeg_with_orientation(upright_rgb: np.ndarray, orientation: int) -> bytes:
 
 def png_claiming_size(width: int, height: int) -> bytes:
     """A valid PNG header that claims width x height, with almost no pixel data behind it (a bomb's shape)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + png_chunk(b"IEND", b""))
+
+
+
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def interlaced_png(rgb: np.ndarray) -> bytes:
+    """HxWx3 uint8 RGB as an Adam7-interlaced PNG (Pillow writes none), every row with filter type 0."""
+    height, width = rgb.shape[:2]
+    raw = b""
+    for x0, y0, dx, dy in ADAM7:
+        reduced = rgb[y0::dy, x0::dx]
+        if reduced.size:
+            raw += b"".join(b"\0" + row.tobytes() for row in reduced)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(raw))
+            + png_chunk(b"IEND", b""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +47,29 @@ def test_compose_file_parses_with_redis_api_and_a_gpu_worker() -> None:
     resolved = compose()
     assert "driver: nvidia" in resolved and "- gpu" in resolved
     assert "condition: service_healthy" in resolved and "redis-cli" in resolved
+
+
+def _compose_file() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_redis_with_appendonly() -> None:
+    command = _compose_file()["services"]["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+
+
+def test_compose_refuses_an_open_api_unless_asked(tmp_path) -> None:
+    """The compose API service says CHINFIX_ALLOW_OPEN=false unless the operator sets it; with no keys, `serve`
+    then exits at once with a clear message instead of publishing an open API."""
+    api_env = _compose_file()["services"]["api"]["environment"]
+    assert api_env["CHINFIX_ALLOW_OPEN"] == "${CHINFIX_ALLOW_OPEN:-false}"
+    env = {"PATH": "/usr/bin:/bin", "CHINFIX_API_KEYS": "", "CHINFIX_ALLOW_OPEN": "false", "PYTHONPATH": str(REPO_ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "chinfix.cli", "serve", "--port", "1"], env=env, capture_output=True, text=True,
+        timeout=60, cwd=tmp_path,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "CHINFIX_API_KEYS" in run.stderr and "CHINFIX_ALLOW_OPEN=true" in run.stderr
+    assert "Traceback" not in run.stderr

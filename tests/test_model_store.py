@@ -33,6 +33,7 @@ BRIEF_MODEL_NAMES = {
     "fan_face_detector",
     "vgg16_imagenet",
     "lpips_vgg_lin",
+    "dlib_face_recognition",
 }
 PUBLISHED_BOUNDARY_SHA256 = {
     "fine_boundary": "590e928984c6230b7bcb58d6ce08c76df1ec995de3ed743b32fbb9c289109777",
@@ -221,7 +222,7 @@ def test_manifest_names_every_model_the_service_uses() -> None:
         assert entry.filename and entry.url.startswith("https://") and entry.license and entry.stage
         assert entry.sha256 == "" or len(entry.sha256) == 64
     assert {name: entries[name].sha256 for name in PUBLISHED_BOUNDARY_SHA256} == PUBLISHED_BOUNDARY_SHA256
-    assert entries["dlib_landmarks"].packaged
+    assert entries["dlib_landmarks"].packaged and entries["dlib_face_recognition"].packaged
 
 
 @pytest.mark.skipif(not SEED_BOUNDARIES.is_dir(), reason="../shared/seed-data is not beside the checkout")

@@ -55,9 +55,9 @@ def code_for(store: ModelStore, seed: int, layers: bool = True) -> np.ndarray:
 def reconstruction_of(store: ModelStore, code: np.ndarray) -> np.ndarray:
     """SxSx3 uint8: the image of a code, with the generator's constant noise (a given code has no optimised noise)."""
     G = load_generator(store.path(GENERATOR))
-    wp = np.broadcast_to(code.reshape(1, -1, G.w_dim), (1, G.num_ws, G.w_dim))
+    wp = np.array(np.broadcast_to(code.reshape(1, -1, G.w_dim), (1, G.num_ws, G.w_dim)))
     with torch.no_grad():
-        return rgb_from_images(G.synthesis(torch.from_numpy(np.ascontiguousarray(wp))))[0]
+        return rgb_from_images(G.synthesis(torch.from_numpy(wp)))[0]
 
 
 def assert_same_image(actual: np.ndarray, expected: np.ndarray) -> None:

@@ -26,6 +26,7 @@ PERCEPTUAL = ("vgg16_imagenet", "lpips_vgg_lin")
 DIFFUSE_PERCEPTUAL = "vgg16_perceptual"
 FACE_PARSING = "face_parsing_bisenet"
 POSE_BOUNDARY = "pose_yaw_boundary"
+FACE_RECOGNITION = "dlib_face_recognition"
 LANDMARK_MODELS = {"dlib": ("dlib_landmarks",), "fan": ("fan_landmarks", "fan_face_detector")}
 
 
@@ -87,6 +88,7 @@ class ModelRegistry:
     pose_normal: np.ndarray | None = None
     inverter: Callable[..., Any] = project
     """`project`, or a `worker.batcher.BatchingInverter` that shares GPU batches with concurrent jobs."""
+    face_describer: Any | None = None
     missing: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
@@ -107,6 +109,7 @@ class ModelRegistry:
     def _load_all(self) -> None:
         from worker.models.bisenet import load_bisenet
         from worker.models.checkpoints import load_generator
+        from worker.models.face_identity import load_face_describer
         from worker.models.landmarks import load_landmarker
         from worker.models.lpips import load_lpips_vgg
         from worker.models.vgg16 import load_seed_perceptual_vgg16
@@ -134,6 +137,7 @@ class ModelRegistry:
         self.face_parser = self._load((FACE_PARSING,), lambda path: load_bisenet(path, self.device), optional=True)
         if self.settings.condition_pose:
             self.pose_normal = self._load((POSE_BOUNDARY,), load_pose_normal)
+        self.face_describer = self._load((FACE_RECOGNITION,), load_face_describer)
 
     def _load(self, names: tuple[str, ...], loader: Callable[..., Any], optional: bool = False) -> Any | None:
         absent = self.store.missing(list(names))

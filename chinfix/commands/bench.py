@@ -1,6 +1,6 @@
-"""`chinfix bench TARGET [OPTIONS]`: speed and memory tables for one part of the pipeline.
+"""`chinfix bench TARGET [OPTIONS]`: speed and memory tables for one part of the pipeline or the API.
 
-Each target is a module of `worker.bench` with `configure(parser)` and `run(args)`. Its options are
+Each target is a module (`worker.bench.*`, or `app.bench` for the API) with `configure(parser)` and `run(args)`. Its options are
 parsed only once the target is chosen, so building the CLI never imports the worker side: the API
 image has no `worker` package.
 """
@@ -16,6 +16,8 @@ BENCH_TARGETS = {
     "invert": "worker.bench.invert",
     "pipeline": "worker.bench.pipeline",
     "throughput": "worker.bench.throughput",
+    "identity": "worker.bench.identity",
+    "api": "app.bench",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from chinfix.settings import Settings
 
@@ -28,6 +29,13 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = settings_from_args(args)
+    if not settings.api_keys and not settings.allow_open:
+        print(
+            "chinfix serve: refusing to start an open API: set CHINFIX_API_KEYS (tenant:key,...), "
+            "or CHINFIX_ALLOW_OPEN=true to run without keys on purpose.",
+            file=sys.stderr,
+        )
+        return 2
     uvicorn.run(
         "app.main:create_app",
         factory=True,

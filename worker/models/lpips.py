@@ -59,6 +59,17 @@ class LPIPS(nn.Module):
             total = total + weighted.sum(dim=1).mean(dim=(1, 2))
         return total
 
+    def distance_map(
+        self, features_a: list[torch.Tensor], features_b: list[torch.Tensor], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Nx1xHxW float32 (H, W = `size`): LPIPS per location, each stage's map upsampled bilinearly to `size`
+        and summed (the published `spatial=True` variant), so a distance can be averaged under a mask."""
+        total = 0.0
+        for weights, stage_a, stage_b in zip(self.channel_weights, features_a, features_b, strict=True):
+            weighted = ((stage_a - stage_b).square() * weights.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+            total = total + torch.nn.functional.interpolate(weighted, size=size, mode="bilinear", align_corners=False)
+        return total
+
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
         return self.distance(self.features(images_a), self.features(images_b))
 

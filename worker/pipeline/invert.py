@@ -291,9 +291,9 @@ def _starting_codes(
 ) -> torch.Tensor:
     """N x 1 x w_dim (W) or N x num_ws x w_dim (W+) float32 codes to optimise, fresh tensors."""
     layers = 1 if space == "w" else G.num_ws
-    device = w_stats.w_avg.device
+    device = G.w_avg.device
     if init_wp is None:
-        return w_stats.w_avg.reshape(1, 1, G.w_dim).repeat(count, layers, 1).to(device)
+        return w_stats.w_avg.to(device).reshape(1, 1, G.w_dim).repeat(count, layers, 1)
     start = torch.as_tensor(init_wp, dtype=torch.float32, device=device)
     if tuple(start.shape) != (count, G.num_ws, G.w_dim):
         raise ValueError(f"init_wp must be {count} x {G.num_ws} x {G.w_dim}, got {tuple(start.shape)}")

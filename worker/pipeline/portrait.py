@@ -31,6 +31,7 @@ from worker.pipeline.masks import (
     SoftMaskConfig,
     neck_masks,
 )
+from worker.pipeline.quality import EditEvidence, QualityGate, assess_edit, unedited_quality
 from worker.pipeline.refine import (
     DiffuseConfig,
     RefineResult,
@@ -71,6 +72,7 @@ class PipelineConfig:
     diffuse: DiffuseConfig = DiffuseConfig()
     warp: WarpConfig = WarpConfig()
     soft_mask: SoftMaskConfig = SoftMaskConfig()
+    quality_gate: QualityGate = QualityGate()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
@@ -88,6 +90,7 @@ class PipelineConfig:
                 perceptual_weight=settings.diffuse_perceptual_weight,
                 precision=loop_precision,
             ),
+            quality_gate=QualityGate.from_settings(settings),
         )
 
     def mask_configs(self, method: RefineMethod) -> tuple[SoftMaskConfig, HardMaskConfig]:
@@ -163,7 +166,8 @@ def run_pipeline(
         progress(Stage.INVERT, 0.0)
         original_wp, generator, facts = code_of_crop(original_crop, code, registry, config.inversion, progress)
         report.update(facts)
-        debug["reconstruction"] = synthesise(generator, original_wp, registry.device)
+        reconstruction = synthesise(generator, original_wp, registry.device)
+        debug["reconstruction"] = reconstruction
 
     with clock.stage(Stage.EDIT):
         progress(Stage.EDIT, 0.0)
@@ -178,6 +182,7 @@ def run_pipeline(
         )
     if edit.skipped or edit.alpha == 0.0:
         # Nothing to remove (or strength 0): the photo goes back as it came, not re-synthesised.
+        report["quality"] = unedited_quality(config.quality_gate)
         report["timings_ms"] = clock.milliseconds
         image = original_crop if options.return_kind is ReturnKind.ALIGNED else photo_rgb
         return EditResult(image=image, report=report, debug_images=debug)
@@ -205,8 +210,15 @@ def run_pipeline(
         else:
             image = paste_back(photo_rgb, found.aligned.transform, refined.image, soft_mask)
         progress(Stage.COMPOSE, 1.0)
+    aligned = options.return_kind is ReturnKind.ALIGNED
+    quality = assess_edit(registry, config.quality_gate, EditEvidence(
+        original_crop=original_crop, reconstruction=reconstruction, edited_crop=refined.image, soft_mask=soft_mask,
+        landmarks=found.landmarks_aligned, unedited_image=original_crop if aligned else photo_rgb, edited_image=image,
+        transform=None if aligned else found.aligned.transform,
+    ))  # fmt: skip
+    report["quality"] = quality.report
     report["timings_ms"] = clock.milliseconds
-    return EditResult(image=image, report=report, debug_images=debug)
+    return EditResult(image=quality.enforce(image, report), report=report, debug_images=debug)
 
 
 def code_of_crop(
