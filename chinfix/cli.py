@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "chinfix.commands.align",
     "chinfix.commands.mask",
     "chinfix.commands.bench",
+    "chinfix.commands.train",
     "chinfix.commands.eval",
 )
 

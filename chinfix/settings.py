@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import model_store
@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         None, description=f"Redis to use; unset: `up` starts an embedded one, others use {DEFAULT_REDIS_URL}"
     )
     queue_name: str = Field("chinfix", description="RQ queue the API fills and the workers drain")
+    training_queue: str | None = Field(
+        None, description="RQ queue of training shards, drained after the edit queue; unset: `<queue name>-training`"
+    )
+    training_shard_timeout_seconds: int = Field(
+        3600, ge=10, description="a training shard (`chinfix train pairs --queue`) running longer than this fails"
+    )
     key_prefix: str = Field("chinfix", description="prefix of every Redis key chinfix writes")
     job_ttl_seconds: int = Field(86_400, ge=60, description="how long inputs, results and job records are kept")
     max_queued_jobs: int = Field(
@@ -139,6 +145,10 @@ class Settings(BaseSettings):
     condition_pose: bool = Field(
         False, description="remove the yaw component from the edit direction (needs pose_yaw_boundary)"
     )
+    fine_boundary: Path | None = Field(
+        None, description="fine boundary (1 x num_ws x w_dim .npy) to edit with instead of the model store's"
+    )
+    fine_intercept: Path | None = Field(None, description="its intercepts (num_ws x 1 .npy); set both or neither")
 
     # quality gate (README: "Quality facts and the quality gate" says how the defaults were chosen)
     min_identity: float = Field(
@@ -164,6 +174,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(host.strip().lower() for host in value.split(",") if host.strip())
         return value
+
+    @model_validator(mode="after")
+    def _boundary_pair(self) -> Settings:
+        if (self.fine_boundary is None) != (self.fine_intercept is None):
+            raise ValueError("CHINFIX_FINE_BOUNDARY and CHINFIX_FINE_INTERCEPT go together: set both or neither")
+        return self
+
+    @property
+    def effective_training_queue(self) -> str:
+        return self.training_queue or f"{self.queue_name}-training"
 
     @property
     def effective_redis_url(self) -> str:

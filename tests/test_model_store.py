@@ -33,6 +33,7 @@ BRIEF_MODEL_NAMES = {
     "fan_face_detector",
     "vgg16_imagenet",
     "lpips_vgg_lin",
+    "double_chin_classifier",
     "dlib_face_recognition",
 }
 PUBLISHED_BOUNDARY_SHA256 = {

@@ -49,15 +49,15 @@ class ThreadWorker(SimpleWorker):
 
 
 def run_job_threads(
-    registry: ModelRegistry, queue: Queue, name: str, jobs_at_once: int, max_wait_seconds: float, burst: bool
+    registry: ModelRegistry, queues: list[Queue], name: str, jobs_at_once: int, max_wait_seconds: float, burst: bool
 ) -> None:
-    """Drain `queue` with `jobs_at_once` job threads sharing one GPU batcher; return when all have stopped
+    """Drain `queues` (in order) with `jobs_at_once` job threads sharing one GPU batcher; return when all have stopped
     (burst: the queue is empty; otherwise SIGINT/SIGTERM, after the running jobs finish)."""
     alone_inverter = registry.inverter
     with GpuBatcher(jobs_at_once, max_wait_seconds) as batcher:
         registry.inverter = BatchingInverter(batcher)
         workers = [
-            ThreadWorker([queue], connection=queue.connection, name=f"{name}-{index}") for index in range(jobs_at_once)
+            ThreadWorker(queues, connection=queues[0].connection, name=f"{name}-{index}") for index in range(jobs_at_once)
         ]
         threads = [
             threading.Thread(

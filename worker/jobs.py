@@ -60,20 +60,22 @@ class RedisRetry:
 
 
 class LeaseKeeper:
-    """Renews the job's lease from a thread while the pipeline runs: if the process dies, the lease expires."""
+    """Calls `renew` from a thread every `interval` seconds while a job runs: if the process dies, its lease
+    expires and whoever watches it learns that the worker is gone."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store = store
-        self.job_id = job_id
+    def __init__(self, renew: Callable[[], None], interval: float, name: str) -> None:
+        self.renew = renew
+        self.interval = interval
+        self.name = name
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._renew, name=f"lease-{job_id[:8]}", daemon=True)
+        self.thread = threading.Thread(target=self._renew, name=f"lease-{name}", daemon=True)
 
     def _renew(self) -> None:
-        while not self.stopped.wait(self.store.lease_seconds / 3):
+        while not self.stopped.wait(self.interval):
             try:
-                self.store.renew_lease(self.job_id)
+                self.renew()
             except redis.RedisError as error:
-                log.warning("could not renew the lease of job %s: %s", self.job_id, error)
+                log.warning("could not renew the lease of %s: %s", self.name, error)
 
     def __enter__(self) -> LeaseKeeper:
         self.thread.start()
@@ -91,7 +93,7 @@ def run_edit_job(job_id: str) -> None:
     if not retry(lambda: store.mark_running(job_id), f"starting job {job_id}"):
         log.info("job %s was deleted or already taken; skipping", job_id)
         return
-    with LeaseKeeper(store, job_id):
+    with LeaseKeeper(lambda: store.renew_lease(job_id), store.lease_seconds / 3, f"job {job_id}"):
         record_outcome = outcome_of(store, job_id, registry, retry)
     if not retry(record_outcome, f"recording the outcome of job {job_id}"):
         log.info("job %s ended meanwhile (deleted, or failed as worker_lost); its outcome was dropped", job_id)

@@ -108,11 +108,13 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
         )
     name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     description = {"name": name, **registry.describe()}
-    queues = [Queue(settings.queue_name, connection=connection)]
+    # RQ takes jobs from its queues in order: photos first, training shards only when no photo waits
+    queues = [Queue(queue_name, connection=connection)
+              for queue_name in (settings.queue_name, settings.effective_training_queue)]
     with WorkerHeartbeat(connection, RedisKeys(settings.key_prefix).worker(name), description):
-        log.info("worker %s on %s, queue %r", name, registry.device, settings.queue_name)
+        log.info("worker %s on %s, queues %r", name, registry.device, [queue.name for queue in queues])
         if settings.worker_batch > 1:
-            run_job_threads(registry, queues[0], name, settings.worker_batch, settings.batch_wait_ms / 1000.0, burst)
+            run_job_threads(registry, queues, name, settings.worker_batch, settings.batch_wait_ms / 1000.0, burst)
             return 0
         for generation in itertools.count():
             # A fresh RQ name per run: the last run may have quit without unregistering from a Redis that was down.

@@ -30,6 +30,11 @@ FACE_RECOGNITION = "dlib_face_recognition"
 LANDMARK_MODELS = {"dlib": ("dlib_landmarks",), "fan": ("fan_landmarks", "fan_face_detector")}
 
 
+class ConfigurationError(Exception):
+    """The worker's settings cannot work (a configured file is absent, a boundary does not fit the generator):
+    it refuses to start, with this sentence."""
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' means CUDA when a GPU is visible, else CPU."""
     if name == "auto":
@@ -126,7 +131,12 @@ class ModelRegistry:
         )
         if self.generator is not None:
             self.w_stats = w_statistics(self.generator)
-        self.fine_boundary = self._load(FINE_BOUNDARY, load_fine_boundary)
+        if self.settings.fine_boundary is None:
+            self.fine_boundary = self._load(FINE_BOUNDARY, load_fine_boundary)
+        else:
+            self.fine_boundary = load_configured_boundary(self.settings)
+        if self.generator is not None and self.fine_boundary is not None:
+            check_boundary_fits(self.fine_boundary.normals.shape, self.generator, self.settings)
         self.perceptual = self._load(PERCEPTUAL, lambda vgg, lin: load_lpips_vgg(vgg, lin, device=self.device))
         self.diffuse_perceptual = self._load(
             (DIFFUSE_PERCEPTUAL,), lambda path: load_seed_perceptual_vgg16(path, device=self.device)
@@ -171,6 +181,30 @@ class ModelRegistry:
     def describe(self) -> dict[str, Any]:
         """For the heartbeat and /readyz."""
         return {"device": str(self.device), "missing_models": list(self.missing), "unreadable_models": self.unreadable}
+
+
+def load_configured_boundary(settings: Settings) -> Any:
+    """The fine boundary named by CHINFIX_FINE_BOUNDARY and CHINFIX_FINE_INTERCEPT (e.g. `chinfix train fine`'s)."""
+    from worker.pipeline.edit import load_fine_boundary
+
+    for variable, path in (("CHINFIX_FINE_BOUNDARY", settings.fine_boundary),
+                           ("CHINFIX_FINE_INTERCEPT", settings.fine_intercept)):  # fmt: skip
+        if not path.is_file():
+            raise ConfigurationError(f"{variable}={path}: no such file")
+    try:
+        return load_fine_boundary(settings.fine_boundary, settings.fine_intercept)
+    except (ValueError, OSError) as error:
+        raise ConfigurationError(f"CHINFIX_FINE_BOUNDARY={settings.fine_boundary} cannot be used: {error}") from None
+
+
+def check_boundary_fits(normals_shape: tuple[int, ...], generator: torch.nn.Module, settings: Settings) -> None:
+    """A boundary is num_ws x w_dim of the generator it was trained on; another generator's cannot edit."""
+    if tuple(normals_shape) != (generator.num_ws, generator.w_dim):
+        source = settings.fine_boundary or "the model store's fine_boundary"
+        raise ConfigurationError(
+            f"the fine boundary ({source}) has {normals_shape[0]} layers of {normals_shape[1]}, but the generator "
+            f"has {generator.num_ws} x {generator.w_dim}: use the boundary trained for this generator"
+        )
 
 
 _active: ModelRegistry | None = None

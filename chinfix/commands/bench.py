@@ -16,6 +16,7 @@ BENCH_TARGETS = {
     "invert": "worker.bench.invert",
     "pipeline": "worker.bench.pipeline",
     "throughput": "worker.bench.throughput",
+    "pairs": "worker.bench.pairs",
     "identity": "worker.bench.identity",
     "api": "app.bench",
 }

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from chinfix.imaging import ImageLimits, decode_image, encode_image
     from chinfix.settings import Settings
     from worker.progress import overall_progress
-    from worker.registry import ModelRegistry
+    from worker.registry import ConfigurationError, ModelRegistry
 
     output_format = output_format_of(args.output)
     try:
@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             result = registry.edit_portrait(photo.rgb, options, registry, progress, **code)
     except ChinfixError as error:
         return print_error_body(error.code, error.message)
+    except ConfigurationError as error:
+        return print_error_body(ErrorCode.MODEL_MISSING, str(error))
     except OSError as error:
         return print_error_body(ErrorCode.IMAGE_UNREADABLE, f"cannot read {args.photo}: {error.strerror or error}")
     args.output.write_bytes(encode_image(result.image, output_format, args.quality))

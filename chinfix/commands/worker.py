@@ -16,6 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from worker.main import run_worker
+    from worker.registry import ConfigurationError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_worker(Settings(), burst=args.burst)
+    try:
+        return run_worker(Settings(), burst=args.burst)
+    except ConfigurationError as error:
+        print(f"chinfix worker: {error}")
+        return 2

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             if batch == 1:
                 SimpleWorker([queue], connection=connection, name=namespace).work(burst=True, logging_level="WARNING")
             else:
-                run_job_threads(registry, queue, namespace, batch, settings.batch_wait_ms / 1000.0, burst=True)
+                run_job_threads(registry, [queue], namespace, batch, settings.batch_wait_ms / 1000.0, burst=True)
             wall = time.perf_counter() - start
             rows.append((batch, *_row(settings, connection, job_ids, wall)))
         finally:
