@@ -125,7 +125,18 @@ class Settings(BaseSettings):
         Path(model_store.__file__).resolve().parent, description="where model weights are stored and pulled to"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device of the worker")
-    precision: Literal["fp32", "fp16"] = Field("fp32", description="generator precision on CUDA")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32",
+        description="generator precision: fp16 = NVIDIA's float16 blocks (CUDA); bf16 = generator and VGG under "
+        "bfloat16 autocast in the optimisation loops, codes and Adam state in float32",
+    )
+    tf32: bool = Field(True, description="CUDA: TF32 tensor cores for float32 convolutions and matmuls")
+    worker_batch: int = Field(
+        1, ge=1, le=64, description="jobs one worker process runs at once; their inversions share GPU batches"
+    )
+    batch_wait_ms: float = Field(
+        20.0, ge=0, description="how long the GPU batcher waits for more jobs' crops before running a batch"
+    )
     landmark_backend: Literal["dlib", "fan"] = Field("dlib", description="face landmark model")
     invert_preset: Literal["fast", "quality", "paper"] = Field("fast", description="inversion schedule")
     invert_steps: int | None = Field(None, ge=1, description="override the inversion preset's number of steps")

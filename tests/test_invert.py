@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.generator_fixtures import build_tiny_generator, single_threaded_torch  # noqa: F401 (fixture)
-from worker.models.lpips import build_random_lpips
+from tests.generator_fixtures import single_threaded_torch  # noqa: F401 (fixture)
+from tests.projector_fixtures import generator, metric  # noqa: F401 (fixtures)
 from worker.pipeline.invert import (
     INVERSION_PRESETS,
     InversionConfig,
@@ -28,16 +28,6 @@ from worker.pipeline.invert import (
 )
 
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
-
-
-@pytest.fixture(scope="module")
-def generator():
-    return build_tiny_generator(resolution=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def metric():
-    return build_random_lpips(seed=0)
 
 
 @pytest.fixture(scope="module")

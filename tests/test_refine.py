@@ -94,7 +94,7 @@ def test_diffuse_with_a_tiny_generator(tiny_setup: dict) -> None:
         s["soft"],
         s["perceptual"],
         DiffuseConfig(steps=8, learning_rate=0.05),
-        progress=lambda step, total, losses: calls.append((step, total, losses.copy())),
+        progress=lambda step, total, losses: calls.append((step, total, losses.clone())),
     )
     outside, inside = s["soft"] == 0, s["neck"]
     assert outside.any() and inside.any()

@@ -22,6 +22,7 @@ from rq import Queue, SimpleWorker
 from chinfix.contract import RedisKeys
 from chinfix.jobs import connect_redis
 from chinfix.settings import Settings
+from worker.job_threads import run_job_threads
 from worker.registry import ModelRegistry, activate
 
 log = logging.getLogger("chinfix.worker")
@@ -112,6 +113,9 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
               for queue_name in (settings.queue_name, settings.effective_training_queue)]
     with WorkerHeartbeat(connection, RedisKeys(settings.key_prefix).worker(name), description):
         log.info("worker %s on %s, queues %r", name, registry.device, [queue.name for queue in queues])
+        if settings.worker_batch > 1:
+            run_job_threads(registry, queues, name, settings.worker_batch, settings.batch_wait_ms / 1000.0, burst)
+            return 0
         for generation in itertools.count():
             # A fresh RQ name per run: the last run may have quit without unregistering from a Redis that was down.
             worker = QueueWorker(queues, connection=connection, name=f"{name}-{generation}")

@@ -16,6 +16,7 @@ from chinfix.errors import ChinfixError, PipelineError
 from chinfix.settings import Settings
 from model_store.store import ModelStore
 from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS
+from worker.pipeline.invert import project
 
 log = logging.getLogger("chinfix.worker")
 
@@ -39,6 +40,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def configure_cuda_math(device: torch.device, tf32: bool = True) -> None:
+    """How production runs on CUDA: cuDNN autotuning (the optimisation loops run the same convolutions every
+    step, so the tuning pays once) and, unless `tf32` is off, TF32 tensor cores for float32 convolutions and
+    matmuls. No-op on CPU."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def generator_precision(precision: str, device: torch.device) -> tuple[int, bool]:
@@ -79,6 +91,8 @@ class ModelRegistry:
     landmarker: Any | None = None
     face_parser: torch.nn.Module | None = None
     pose_normal: np.ndarray | None = None
+    inverter: Callable[..., Any] = project
+    """`project`, or a `worker.batcher.BatchingInverter` that shares GPU batches with concurrent jobs."""
     face_describer: Any | None = None
     missing: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
@@ -93,6 +107,7 @@ class ModelRegistry:
             store=ModelStore(settings.model_dir),
             edit_portrait=import_function(settings.pipeline),
         )
+        configure_cuda_math(registry.device, settings.tf32)
         registry._load_all()
         return registry
 

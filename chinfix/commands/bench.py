@@ -15,6 +15,7 @@ BENCH_TARGETS = {
     "align": "worker.bench.align",
     "invert": "worker.bench.invert",
     "pipeline": "worker.bench.pipeline",
+    "throughput": "worker.bench.throughput",
     "pairs": "worker.bench.pairs",
     "identity": "worker.bench.identity",
     "api": "app.bench",

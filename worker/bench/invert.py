@@ -28,7 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--precisions", default=None,
-        help="comma-separated fp32,tf32,fp16 (CUDA only: tf32, fp16); default: fp32 on CPU, all three on CUDA",
+        help="comma-separated tf32,fp32,fp16,bf16 (CUDA only: tf32, fp16); default: fp32 on CPU, all four on CUDA, "
+        "tf32 first: it is how the worker runs float32 on CUDA (cuDNN autotuning on, as in the worker); "
+        "bf16: generator and VGG under bfloat16 autocast (CHINFIX_PRECISION=bf16)",
     )  # fmt: skip
 
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from worker.bench.timing import peak_memory_mib, print_table, reset_peak_memory, synchronize
-    from worker.registry import resolve_device
+    from worker.registry import configure_cuda_math, resolve_device
     from worker.models.lpips import build_random_lpips
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
     from worker.pipeline.invert import (
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     device = resolve_device(args.device)
+    configure_cuda_math(device)
     precisions = _precisions(args.precisions, device)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     spaces = [name.strip() for name in args.spaces.split(",")]
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             for count in batch_sizes:
                 reset_peak_memory(device)
                 # The first step is warm-up (allocations, cuDNN autotuning); the rest are timed.
-                steps_ms, _ = timed_inversion(count, InversionConfig(steps=args.repeats + 2, space=space))
+                config = InversionConfig(steps=args.repeats + 2, space=space, precision=_loop_precision(precision))
+                steps_ms, _ = timed_inversion(count, config)
                 step_ms = statistics.median(steps_ms[1:])
                 step_ms_at[(precision, space, count)] = step_ms
                 step_rows.append((precision, space, count, step_ms, step_ms / count, peak_memory_mib(device)))
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         _set_precision(precision, generator, metric)
         for count in batch_sizes:
             for name in sorted(presets, key=lambda preset: preset != "paper"):
-                config = dataclasses.replace(INVERSION_PRESETS[name], space=space)
+                config = dataclasses.replace(INVERSION_PRESETS[name], space=space, precision=_loop_precision(precision))
                 if whole == "measured":
                     _, seconds = timed_inversion(count, config)
                 else:
@@ -134,19 +138,24 @@ def run(args: argparse.Namespace) -> int:
 
 def _precisions(requested: str | None, device) -> list[str]:
     if requested is None:
-        return ["fp32", "tf32", "fp16"] if device.type == "cuda" else ["fp32"]
+        return ["tf32", "fp32", "fp16", "bf16"] if device.type == "cuda" else ["fp32"]
     precisions = [name.strip() for name in requested.split(",")]
-    unknown = set(precisions) - {"fp32", "tf32", "fp16"}
+    unknown = set(precisions) - {"fp32", "tf32", "fp16", "bf16"}
     if unknown:
         raise SystemExit(f"unknown precision(s): {sorted(unknown)}")
-    if device.type != "cuda" and precisions != ["fp32"]:
+    if device.type != "cuda" and set(precisions) - {"fp32", "bf16"}:
         raise SystemExit("tf32 and fp16 need CUDA")
     return precisions
 
 
+def _loop_precision(precision: str) -> str:
+    return "bf16" if precision == "bf16" else "fp32"
+
+
 def _set_precision(precision: str, generator, metric) -> None:
-    """fp32: exact float32 matmuls; tf32: TF32 tensor cores; fp16: the 4 highest generator
-    resolutions (NVIDIA's num_fp16_res) and the LPIPS trunk in float16, TF32 elsewhere."""
+    """fp32: exact float32 convolutions and matmuls; tf32: TF32 tensor cores (the worker's setting on CUDA); fp16:
+    the 4 highest generator resolutions (NVIDIA's num_fp16_res) and the LPIPS trunk in float16, TF32 elsewhere;
+    bf16: float32 weights under bfloat16 autocast (set by the inversion config), TF32 elsewhere."""
     import torch
 
     from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
     from chinfix.contract import RefineMethod, Stage
+    from chinfix.settings import Settings
     from worker.pipeline.edit import FineBoundary
     from worker.pipeline.portrait import PipelineConfig, PortraitInversion
     from worker.registry import ModelRegistry
@@ -211,8 +212,9 @@ def time_setting(
     return SettingTimes(stage_ms, result.report["mask_source"], peak_memory_mib(registry.device))
 
 
-def random_weight_registry(resolution: int, device: torch.device) -> ModelRegistry:
-    """A ModelRegistry as a worker builds it, holding random-weight models of the published architectures."""
+def random_weight_registry(resolution: int, device: torch.device, settings: Settings | None = None) -> ModelRegistry:
+    """A ModelRegistry as a worker builds it, holding random-weight models of the published architectures
+    (generator precision from `settings`, default: the environment's)."""
     import torch
 
     from chinfix.settings import Settings
@@ -224,11 +226,13 @@ def random_weight_registry(resolution: int, device: torch.device) -> ModelRegist
     from worker.models.vgg16 import SeedPerceptualVGG16
     from worker.pipeline.invert import w_statistics
     from worker.pipeline.portrait import edit_portrait
-    from worker.registry import ModelRegistry
+    from worker.registry import ModelRegistry, generator_precision
 
+    settings = settings or Settings()
+    lpips = build_random_lpips(seed=0, device=device)
     torch.manual_seed(0)
     generator = Generator(GeneratorArchitecture.from_channel_rule(resolution)).eval().requires_grad_(False).to(device)
-    settings = Settings()
+    generator.set_precision(*generator_precision(settings.precision, device))
     return ModelRegistry(
         settings=settings,
         device=device,
@@ -237,8 +241,9 @@ def random_weight_registry(resolution: int, device: torch.device) -> ModelRegist
         generator=generator,
         w_stats=w_statistics(generator),
         fine_boundary=double_chin_boundary(generator),
-        perceptual=build_random_lpips(seed=0, device=device),
-        diffuse_perceptual=SeedPerceptualVGG16().eval().requires_grad_(False).to(device),
+        perceptual=lpips,
+        # the seed's perceptual model of diffuse is the same VGG16 trunk, fed its own way; speed needs no own weights
+        diffuse_perceptual=SeedPerceptualVGG16(lpips.vgg).eval().requires_grad_(False).to(device),
         landmarker=load_dlib_landmarker(),
         face_parser=BiSeNet().eval().requires_grad_(False).to(device),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,9 +83,13 @@ class DlibLandmarker:
         self._detector = detector
         self._predictor = predictor
         self._upsample_times = upsample_times
+        # dlib's HOG detector keeps scratch state in the object: concurrent calls (a worker running several jobs
+        # at once) return wrong boxes, so detection takes turns. The shape predictor is safe to share.
+        self._detector_lock = threading.Lock()
 
     def detect(self, image_rgb: np.ndarray) -> list[FaceBox]:
-        rects, scores, sub_detectors = self._detector.run(np.ascontiguousarray(image_rgb), self._upsample_times, 0.0)
+        with self._detector_lock:
+            rects, scores, sub_detectors = self._detector.run(np.ascontiguousarray(image_rgb), self._upsample_times, 0.0)
         return [
             FaceBox(
                 float(r.left()), float(r.top()), float(r.right()), float(r.bottom()), float(score),

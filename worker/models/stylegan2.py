@@ -128,12 +128,33 @@ def fir_filter_2d(taps: Sequence[float]) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+FirKernelCache = dict[tuple[int, float, torch.dtype, torch.device], torch.Tensor]
+"""Depthwise FIR kernels (Cx1xKxK, flipped and scaled) a layer has built, by (channels, gain, dtype, device)."""
+
+
+def depthwise_fir_kernel(
+    fir_filter: torch.Tensor, channels: int, gain: float, dtype: torch.dtype, cache: FirKernelCache | None = None
+) -> torch.Tensor:
+    """The Cx1xKxK kernel `upfirdn2d` convolves with, built once per (channels, gain, dtype, device) when the
+    caller keeps a cache: a step of the optimisation loop then launches no kernel-building operations."""
+    key = (channels, gain, dtype, fir_filter.device)
+    kernel = cache.get(key) if cache is not None else None
+    if kernel is None:
+        # conv2d correlates; flipping the filter makes this a true convolution, as NVIDIA's default does.
+        kernel = (fir_filter * (gain ** (fir_filter.ndim / 2))).to(dtype).flip([0, 1])
+        kernel = kernel[None, None].repeat(channels, 1, 1, 1)
+        if cache is not None:
+            cache[key] = kernel
+    return kernel
+
+
 def upfirdn2d(
     x: torch.Tensor,
     fir_filter: torch.Tensor,
     up: int = 1,
     padding: tuple[int, int, int, int] = (0, 0, 0, 0),
     gain: float = 1.0,
+    kernel_cache: FirKernelCache | None = None,
 ) -> torch.Tensor:
     """Zero-insert upsample, pad (negative = crop), convolve with a 2-D FIR filter (NxCxHxW in and out).
 
@@ -147,18 +168,18 @@ def upfirdn2d(
     pad_x0, pad_x1, pad_y0, pad_y1 = padding
     x = F.pad(x, [max(pad_x0, 0), max(pad_x1, 0), max(pad_y0, 0), max(pad_y1, 0)])
     x = x[:, :, max(-pad_y0, 0) : x.shape[2] - max(-pad_y1, 0), max(-pad_x0, 0) : x.shape[3] - max(-pad_x1, 0)]
-    # conv2d correlates; flipping the filter makes this a true convolution, as NVIDIA's default does.
-    kernel = (fir_filter * (gain ** (fir_filter.ndim / 2))).to(x.dtype).flip([0, 1])
-    kernel = kernel[None, None].repeat(channels, 1, 1, 1)
+    kernel = depthwise_fir_kernel(fir_filter, channels, gain, x.dtype, kernel_cache)
     return F.conv2d(x, kernel, groups=channels)
 
 
-def upsample2d(x: torch.Tensor, fir_filter: torch.Tensor, up: int = 2) -> torch.Tensor:
+def upsample2d(
+    x: torch.Tensor, fir_filter: torch.Tensor, up: int = 2, kernel_cache: FirKernelCache | None = None
+) -> torch.Tensor:
     """Upsample NxCxHxW by `up` with the FIR filter; output NxCx(H*up)x(W*up)."""
     taps = fir_filter.shape[-1]
     pad0 = (taps + up - 1) // 2
     pad1 = (taps - up) // 2
-    return upfirdn2d(x, fir_filter, up=up, padding=(pad0, pad1, pad0, pad1), gain=up * up)
+    return upfirdn2d(x, fir_filter, up=up, padding=(pad0, pad1, pad0, pad1), gain=up * up, kernel_cache=kernel_cache)
 
 
 def bias_act(
@@ -167,21 +188,43 @@ def bias_act(
     activation: Literal["linear", "lrelu"],
     gain: float = 1.0,
     clamp: float | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """Add a per-channel bias (channels on dim 1), apply the activation, scale by `gain`, clamp to +-clamp."""
+    """Add a per-channel bias (channels on dim 1), apply the activation, scale by `gain`, clamp to +-clamp.
+
+    inplace: `x` is a fresh intermediate the caller owns (a convolution's output, which autograd does not keep):
+    bias, gain and activation then overwrite it instead of allocating a tensor each. The gain is applied before
+    the leaky ReLU, which is the same function for a positive gain (lrelu(g y) = g lrelu(y)), so that autograd's
+    saved activation output is never overwritten.
+    """
+    if not inplace:
+        if bias is not None:
+            x = x + bias.reshape([-1 if dim == 1 else 1 for dim in range(x.ndim)])
+        if activation == "lrelu":
+            x = F.leaky_relu(x, LRELU_SLOPE)
+        if gain != 1:
+            x = x * gain
+        if clamp is not None:
+            x = x.clamp(-clamp, clamp)
+        return x
     if bias is not None:
-        x = x + bias.reshape([-1 if dim == 1 else 1 for dim in range(x.ndim)])
-    if activation == "lrelu":
-        x = F.leaky_relu(x, LRELU_SLOPE)
+        x = x.add_(bias.reshape([-1 if dim == 1 else 1 for dim in range(x.ndim)]))
     if gain != 1:
-        x = x * gain
+        x = x.mul_(gain)
+    if activation == "lrelu":
+        x = F.leaky_relu_(x, LRELU_SLOPE)
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return x
 
 
 def _transposed_upsampling_conv(
-    x: torch.Tensor, weight: torch.Tensor, fir_filter: torch.Tensor, padding: int, groups: int
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    fir_filter: torch.Tensor,
+    padding: int,
+    groups: int,
+    kernel_cache: FirKernelCache | None = None,
 ) -> torch.Tensor:
     """x2 upsampling convolution as NVIDIA's conv2d_resample does it (up=2, flip_weight=False):
     strided transposed convolution, then the FIR filter with gain 4. `weight` is OxIxKxK (O, I per group)."""
@@ -203,17 +246,23 @@ def _transposed_upsampling_conv(
         pad_y0 + transposed_pad_y,
         pad_y1 + transposed_pad_y,
     )
-    return upfirdn2d(x, fir_filter, padding=filter_padding, gain=up * up)
+    return upfirdn2d(x, fir_filter, padding=filter_padding, gain=up * up, kernel_cache=kernel_cache)
 
 
 def _conv2d_resample(
-    x: torch.Tensor, weight: torch.Tensor, fir_filter: torch.Tensor | None, up: int, padding: int, groups: int
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    fir_filter: torch.Tensor | None,
+    up: int,
+    padding: int,
+    groups: int,
+    kernel_cache: FirKernelCache | None = None,
 ) -> torch.Tensor:
     if up == 1:
         return F.conv2d(x, weight, padding=padding, groups=groups)
     if up != 2 or fir_filter is None:
         raise ValueError("only x2 upsampling with a FIR filter is supported")
-    return _transposed_upsampling_conv(x, weight, fir_filter, padding, groups)
+    return _transposed_upsampling_conv(x, weight, fir_filter, padding, groups, kernel_cache)
 
 
 def modulated_conv2d(
@@ -226,6 +275,7 @@ def modulated_conv2d(
     resample_filter: torch.Tensor | None = None,
     demodulate: bool = True,
     fused: bool = True,
+    kernel_cache: FirKernelCache | None = None,
 ) -> torch.Tensor:
     """StyleGAN2 modulated convolution. x: NxIxHxW, weight: OxIxKxK, styles: NxI, noise broadcastable
     to the NxOxH'xW' output. `fused` runs one grouped convolution with per-sample weights; otherwise the
@@ -249,24 +299,26 @@ def modulated_conv2d(
 
     if not fused:
         x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
-        x = _conv2d_resample(x, weight.to(x.dtype), resample_filter, up, padding, groups=1)
+        x = _conv2d_resample(x, weight.to(x.dtype), resample_filter, up, padding, 1, kernel_cache)
         if demodulate and noise is not None:
             # One fused multiply-add, as NVIDIA's fma op, so both paths round alike.
             return torch.addcmul(noise.to(x.dtype), x, demod_coefficients.to(x.dtype).reshape(batch_size, -1, 1, 1))
         if demodulate:
             x = x * demod_coefficients.to(x.dtype).reshape(batch_size, -1, 1, 1)
         if noise is not None:
-            x = x + noise.to(x.dtype)
+            x = x.add_(noise.to(x.dtype))
         return x
 
     if demodulate:
         sample_weights = sample_weights * demod_coefficients.reshape(batch_size, -1, 1, 1, 1)
     x = x.reshape(1, -1, *x.shape[2:])
     sample_weights = sample_weights.reshape(-1, in_channels, kernel_h, kernel_w)
-    x = _conv2d_resample(x, sample_weights.to(x.dtype), resample_filter, up, padding, groups=batch_size)
+    x = _conv2d_resample(
+        x, sample_weights.to(x.dtype), resample_filter, up, padding, batch_size, kernel_cache
+    )
     x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
-        x = x + noise.to(x.dtype)
+        x = x.add_(noise.to(x.dtype))
     return x
 
 
@@ -369,6 +421,7 @@ class SynthesisLayer(torch.nn.Module):
         self.use_noise = use_noise
         self.conv_clamp = conv_clamp
         self.register_buffer("resample_filter", fir_filter_2d(resample_filter))
+        self.fir_kernels: FirKernelCache = {}
         self.padding = kernel_size // 2
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
@@ -398,8 +451,9 @@ class SynthesisLayer(torch.nn.Module):
             padding=self.padding,
             resample_filter=self.resample_filter,
             fused=fused,
+            kernel_cache=self.fir_kernels,
         )
-        return bias_act(x, self.bias.to(x.dtype), "lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp)
+        return bias_act(x, self.bias.to(x.dtype), "lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp, inplace=True)
 
 
 class ToRGBLayer(torch.nn.Module):
@@ -416,7 +470,7 @@ class ToRGBLayer(torch.nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused: bool) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=fused)
-        return bias_act(x, self.bias.to(x.dtype), "linear", clamp=self.conv_clamp)
+        return bias_act(x, self.bias.to(x.dtype), "linear", clamp=self.conv_clamp, inplace=True)
 
 
 class SynthesisBlock(torch.nn.Module):
@@ -438,6 +492,7 @@ class SynthesisBlock(torch.nn.Module):
         self.use_fp16 = False
         self.channels_last = False
         self.register_buffer("resample_filter", fir_filter_2d(architecture.resample_filter))
+        self.fir_kernels: FirKernelCache = {}
         layer_options = dict(
             w_dim=w_dim,
             resolution=resolution,
@@ -480,7 +535,7 @@ class SynthesisBlock(torch.nn.Module):
             x = self.conv0(x, block_ws[0], noise_mode, fused, noise.get("conv0"))
             x = self.conv1(x, block_ws[1], noise_mode, fused, noise.get("conv1"))
         rgb = self.torgb(x, block_ws[self.num_conv], fused).to(dtype=torch.float32, memory_format=torch.contiguous_format)
-        img = rgb if img is None else upsample2d(img, self.resample_filter) + rgb
+        img = rgb if img is None else upsample2d(img, self.resample_filter, kernel_cache=self.fir_kernels).add_(rgb)
         return x, img
 
 

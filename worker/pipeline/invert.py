@@ -14,8 +14,14 @@ Batching: every crop has its own code, noise maps and random stream (seeded alik
 SUM of the per-crop losses; Adam works element by element, so each crop follows exactly its single run (up to
 the rounding of batched convolutions).
 
-The step loop reads nothing back from the device: per-step losses stay on it until the end (a progress
-callback that reads its `losses` argument syncs, at its own pace).
+The step loop reads nothing back from the device, so a step can be captured and replayed (CUDA graphs,
+`torch.compile(mode="reduce-overhead")`): per-step losses stay on the device until the end (a progress callback
+that reads its `losses` argument syncs, at its own pace); the learning rate and the exploration-noise scale are
+device tensors filled from schedules computed up front; Adam is `capturable` on CUDA (its step count stays on
+the device); the exploration noise is drawn every step, as the projector does, and scaled to 0 after its ramp.
+
+Precision: `precision="bf16"` runs the generator and VGG under bfloat16 autocast; the codes, noise maps, Adam
+state and the loss stay float32.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ NOISE_REGULARIZATION_MIN_SIDE = 8
 
 Space = Literal["w", "wplus"]
 SPACES: tuple[str, ...] = ("w", "wplus")
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 class PerceptualLoss(Protocol):
@@ -67,6 +75,7 @@ class InversionConfig:
         at `w_noise_ramp` of the steps; 0 disables it.
     noise_regularization: weight of the noise maps' auto-correlation penalty.
     seed: seeds the initial noise maps and the exploration noise (each crop its own stream, seeded alike).
+    precision: "fp32", or "bf16": generator and VGG under bfloat16 autocast (codes and Adam state float32).
     """
 
     steps: int
@@ -78,12 +87,15 @@ class InversionConfig:
     w_noise_ramp: float = 0.75
     noise_regularization: float = 1e5
     seed: int = 303
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 INVERSION_PRESETS: dict[str, InversionConfig] = {
@@ -220,21 +232,26 @@ def project(
     streams = [torch.Generator(device=device).manual_seed(config.seed) for _ in range(count)]
     noise = _initial_noise_maps(G.synthesis.noise_resolutions(), streams, device)
     parameters = [codes, *noise.values()]
-    optimizer = torch.optim.Adam(parameters, betas=(0.9, 0.999), lr=config.learning_rate)
-    with torch.no_grad():
-        target_features = perceptual_loss.features(perceptual_input(targets))
+    learning_rates = torch.tensor([projector_learning_rate(step, config) for step in range(config.steps)], device=device)
+    noise_scales = torch.tensor(
+        [code_noise_scale(step, w_stats.w_std, config) for step in range(config.steps)], device=device
+    )
+    learning_rate = learning_rates[0].clone()
+    noise_scale = noise_scales[0].clone()
+    optimizer = step_optimizer(parameters, learning_rate)
+    with torch.no_grad(), autocast(device, config.precision):
+        target_features = [stage.float() for stage in perceptual_loss.features(perceptual_input(targets))]
 
     losses = torch.empty((config.steps, count), device=device)
     for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = projector_learning_rate(step, config)
-        ws = codes
-        noise_scale = code_noise_scale(step, w_stats.w_std, config)
-        if noise_scale > 0:
-            jitter = torch.stack([torch.randn(codes.shape[1:], generator=stream, device=device) for stream in streams])
-            ws = ws + jitter * noise_scale
-        images = G.synthesis(ws.expand(count, G.num_ws, G.w_dim), noise=noise).float()
-        distance = perceptual_loss.distance(perceptual_loss.features(perceptual_input(images)), target_features)
+        learning_rate.copy_(learning_rates[step])
+        noise_scale.copy_(noise_scales[step])
+        jitter = torch.stack([torch.randn(codes.shape[1:], generator=stream, device=device) for stream in streams])
+        ws = codes + jitter * noise_scale
+        with autocast(device, config.precision):
+            images = G.synthesis(ws.expand(count, G.num_ws, G.w_dim), noise=noise).float()
+            features = [stage.float() for stage in perceptual_loss.features(perceptual_input(images))]
+        distance = perceptual_loss.distance(features, target_features)
         loss = distance + config.noise_regularization * noise_regularization(noise.values())
         # Gradients for the code and noise only: G's parameters are shared with other jobs and stay untouched.
         gradients = torch.autograd.grad(loss.sum(), parameters)
@@ -249,6 +266,19 @@ def project(
     wp = codes.detach().expand(count, G.num_ws, G.w_dim).cpu().numpy().astype(np.float32)
     noise_maps = {name: maps.detach().cpu().numpy().astype(np.float32) for name, maps in noise.items()}
     return InversionResult(wp=wp, noise=noise_maps, losses=losses.T.double().cpu().numpy())
+
+
+def step_optimizer(parameters: list[torch.Tensor], learning_rate: torch.Tensor) -> torch.optim.Adam:
+    """The projector's Adam (betas 0.9, 0.999) with its learning rate a device tensor the loop refills. On CUDA it
+    is `capturable`: its step count stays on the device, so a step reads nothing back (CPU Adam reads its step
+    count on the host, which is no device sync, and torch allows `capturable` only on accelerators)."""
+    capturable = learning_rate.device.type == "cuda"
+    return torch.optim.Adam(parameters, lr=learning_rate, betas=(0.9, 0.999), capturable=capturable)
+
+
+def autocast(device: torch.device, precision: Precision) -> torch.autocast:
+    """bfloat16 autocast for `precision="bf16"` (a no-op context for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def noise_tensors(noise: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:

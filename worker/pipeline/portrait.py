@@ -32,7 +32,7 @@ from worker.pipeline.align import (
 )
 from worker.pipeline.compose import FacePaste, paste_back_faces
 from worker.pipeline.edit import KEPT_FINE_LAYERS, EditConfig, remove_double_chin
-from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, noise_tensors, project, targets_from_rgb
+from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, noise_tensors, targets_from_rgb
 from worker.pipeline.masks import (
     WARP_HARD_MASK,
     WARP_SOFT_MASK,
@@ -96,7 +96,9 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
-        inversion = replace(INVERSION_PRESETS[settings.invert_preset], space=settings.invert_space)
+        # fp16 is the generator's own setting (NVIDIA's float16 blocks); only bf16 is an autocast of the loops
+        loop_precision = "bf16" if settings.precision == "bf16" else "fp32"
+        inversion = replace(INVERSION_PRESETS[settings.invert_preset], space=settings.invert_space, precision=loop_precision)
         if settings.invert_steps is not None:
             inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
@@ -106,6 +108,7 @@ class PipelineConfig:
                 steps=settings.diffuse_steps,
                 learning_rate=settings.diffuse_lr,
                 perceptual_weight=settings.diffuse_perceptual_weight,
+                precision=loop_precision,
             ),
             quality_gate=QualityGate.from_settings(settings),
         )
@@ -444,8 +447,9 @@ def projected_rows(
     config: InversionConfig,
     progress: StageProgress,
 ) -> list[FaceCode]:
-    """Project the aligned crops (as one batch): each crop's code with the noise maps optimised for it."""
-    inversion = project(
+    """Project the aligned crops (as one batch, which the registry's inverter may join with other jobs' crops):
+    each crop's code with the noise maps optimised for it."""
+    inversion = registry.inverter(
         G,
         targets,
         registry.perceptual,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from scipy.spatial import Delaunay
 
 from chinfix.settings import Settings
-from worker.pipeline.invert import ProgressCallback, rgb_from_images, targets_from_rgb
+from worker.pipeline.invert import Precision, ProgressCallback, autocast, rgb_from_images, step_optimizer, targets_from_rgb
 
 DIFFUSE_FEATURE_RESOLUTION = 256
 """The seed average-pools both 1024 px images to 256x256 before its perceptual model (`AdaptiveAvgPool2d`);
@@ -51,6 +51,8 @@ class DiffuseConfig:
     steps: int = _DEFAULTS["diffuse_steps"].default
     learning_rate: float = _DEFAULTS["diffuse_lr"].default
     perceptual_weight: float = _DEFAULTS["diffuse_perceptual_weight"].default
+    precision: Precision = "fp32"
+    """"bf16": generator and VGG under bfloat16 autocast (the code, Adam state and loss stay float32)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -137,7 +139,8 @@ def refine_diffuse(
 
     G: StyleGAN2 generator in eval mode (receives no gradients); crops are S = G.img_resolution.
     perceptual: images in [-1, 1] → features (the seed's VGG16 relu4_3, `SeedPerceptualVGG16`), on G's
-    device, frozen. progress(step, steps, losses) after each step, losses a 1-element float64 array.
+    device, frozen. progress(step, steps, losses) after each step, losses a 1-element float32 tensor on the device
+    (reading it waits for the device).
     """
     device = G.w_avg.device
     side = G.img_resolution
@@ -150,29 +153,31 @@ def refine_diffuse(
     target = targets_from_rgb([diffuse_target(edited_rgb, original_rgb, neck_mask)], device)
     outside = torch.from_numpy(1.0 - soft_mask.astype(np.float32)).to(device)[None, None]
     if config.perceptual_weight > 0:
-        with torch.no_grad():
-            target_features = diffuse_features(perceptual, target)
+        with torch.no_grad(), autocast(device, config.precision):
+            target_features = diffuse_features(perceptual, target).float()
 
     code = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([code], lr=config.learning_rate)
-    losses = np.zeros(config.steps)
+    # lr a device tensor and Adam capturable on CUDA, losses kept on the device: a step reads nothing back
+    optimizer = step_optimizer([code], torch.tensor(config.learning_rate, device=device))
+    losses = torch.empty(config.steps, device=device)
     for step in range(config.steps):
-        images = G.synthesis(code, noise_mode="const").float()
+        with autocast(device, config.precision):
+            images = G.synthesis(code, noise_mode="const").float()
+            features = diffuse_features(perceptual, images).float() if config.perceptual_weight > 0 else None
         loss = ((target - images) * outside).square().mean()
-        if config.perceptual_weight > 0:
-            features = diffuse_features(perceptual, images)
+        if features is not None:
             loss = loss + config.perceptual_weight * (target_features - features).square().mean()
         # grad w.r.t. the code only: G's parameters are shared with other jobs and stay untouched
         (code.grad,) = torch.autograd.grad(loss, [code])
         optimizer.step()
-        losses[step] = float(loss.detach())
+        losses[step] = loss.detach()
         if progress is not None:
-            progress(step + 1, config.steps, losses[step : step + 1].copy())
+            progress(step + 1, config.steps, losses[step : step + 1])
 
     with torch.no_grad():
         resynthesised = rgb_from_images(G.synthesis(code, noise_mode="const"))[0]
     image = blend_under_mask(resynthesised, original_rgb, soft_mask)
-    return RefineResult(image, code.detach().cpu().numpy().astype(np.float32), losses)
+    return RefineResult(image, code.detach().cpu().numpy().astype(np.float32), losses.double().cpu().numpy())
 
 
 def region_side_edges(region: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
