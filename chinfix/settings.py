@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         "bfloat16 autocast in the optimisation loops, codes and Adam state in float32",
     )
     tf32: bool = Field(True, description="CUDA: TF32 tensor cores for float32 convolutions and matmuls")
+    capture: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: on CUDA the inversion and diffuse loops capture one optimisation step as a CUDA graph after "
+        "a few eager steps and replay it (unverified on a GPU so far); off: every step eager. The CPU is always eager",
+    )
     worker_batch: int = Field(
         1, ge=1, le=64, description="jobs one worker process runs at once; their inversions share GPU batches"
     )

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.perceptual_fixtures import build_random_seed_perceptual
 from tests.projector_fixtures import generator, metric, w_stats  # noqa: F401 (fixtures)
-from worker.batcher import BatchingInverter, GpuBatcher
-from worker.pipeline.invert import InversionConfig, project
+from worker.batcher import BatchingDiffuser, BatchingInverter, GpuBatcher
+from worker.models.stylegan2 import FixedNoiseGenerator
+from worker.pipeline.invert import InversionConfig, project, rgb_from_images
+from worker.pipeline.masks import soft_neck_mask
+from worker.pipeline.refine import DiffuseConfig, DiffuseCrop, refine_diffuse, refine_diffuse_crops
 
 CONFIG = InversionConfig(steps=8)
 
@@ -88,6 +92,73 @@ def test_a_failing_call_fails_alone_and_its_batch_mates_succeed(generator, metri
     assert isinstance(outcomes[1], ValueError) and "targets must be" in str(outcomes[1])
     for single, shared in zip(alone, [outcomes[0], outcomes[2]]):
         np.testing.assert_allclose(shared.wp, single.wp, atol=1e-4)
+
+
+DIFFUSE = DiffuseConfig(steps=6, learning_rate=0.05)
+
+
+def diffuse_crop(G, seed: int) -> tuple[FixedNoiseGenerator, DiffuseCrop]:
+    """A face with its own noise maps, another face's coarse layers as its 'edit', and a neck of its own."""
+    noise = torch.Generator().manual_seed(seed)
+    maps = {name: torch.randn((1, 1, side, side), generator=noise) for name, side in G.synthesis.noise_resolutions().items()}
+    view = FixedNoiseGenerator(G, maps)
+    with torch.no_grad():
+        codes = G.mapping(torch.randn((2, G.z_dim), generator=noise), truncation_psi=0.7)
+        edited_codes = torch.cat([codes[1:, :4], codes[:1, 4:]], dim=1)
+        original, edited = rgb_from_images(view.synthesis(torch.cat([codes[:1], edited_codes])))
+    neck = np.zeros((32, 32), bool)
+    neck[22 + seed % 4 :, 6 + seed % 5 : 24] = True
+    return view, DiffuseCrop(codes[:1].numpy(), edited, original, neck, soft_neck_mask(neck))
+
+
+def refine_alone(view: FixedNoiseGenerator, crop: DiffuseCrop, perceptual) -> object:
+    return refine_diffuse(
+        view, crop.original_wp, crop.edited_rgb, crop.original_rgb, crop.neck_mask, crop.soft_mask, perceptual, DIFFUSE
+    )
+
+
+def assert_same_refinement(shared, single) -> None:
+    np.testing.assert_allclose(shared.wp, single.wp, atol=1e-4)
+    np.testing.assert_allclose(shared.losses, single.losses, rtol=1e-4)
+    # uint8 images: a float difference of 1e-6 may round one level the other way
+    assert np.abs(shared.image.astype(int) - single.image.astype(int)).max() <= 1
+
+
+def test_diffuse_of_n_crops_gives_each_crop_its_run_alone(generator, tmp_path):
+    perceptual = build_random_seed_perceptual(0, tmp_path)
+    views, crops = zip(*[diffuse_crop(generator, seed) for seed in (1, 2, 3)])
+    stacked = FixedNoiseGenerator(generator, {name: torch.cat([view.noise[name] for view in views]) for name in views[0].noise})
+    together = refine_diffuse_crops(stacked, crops, perceptual, DIFFUSE)
+    for view, crop, shared in zip(views, crops, together):
+        single = refine_alone(view, crop, perceptual)
+        assert shared.losses.shape == (DIFFUSE.steps,) and single.losses[-1] < single.losses[0]
+        assert_same_refinement(shared, single)
+    assert not np.allclose(together[0].wp, together[1].wp)
+
+
+def test_concurrent_diffuse_refinements_share_a_batch_and_each_equals_its_run_alone(generator, tmp_path):
+    """Three jobs' crops with noise maps batch together; a crop with the generator's constant noise runs apart."""
+    perceptual = build_random_seed_perceptual(0, tmp_path)
+    inputs = [diffuse_crop(generator, seed) for seed in (1, 2, 3)]
+    constant_noise_crop = diffuse_crop(generator, 4)[1]
+    inputs.append((generator, constant_noise_crop))
+    progress_seen: list[list[int]] = [[] for _ in inputs]
+
+    with GpuBatcher(max_batch=4, max_wait_seconds=1.0) as batcher:
+        diffuser = BatchingDiffuser(batcher)
+        batched = run_concurrently([
+            lambda index=index, view=view, crop=crop: diffuser(
+                view, crop.original_wp, crop.edited_rgb, crop.original_rgb, crop.neck_mask, crop.soft_mask,
+                perceptual, DIFFUSE,
+                progress=lambda step, total, losses, index=index: progress_seen[index].append(len(losses)),
+            )
+            for index, (view, crop) in enumerate(inputs)
+        ])  # fmt: skip
+
+    assert sorted(batcher.batch_sizes) == [1, 3]
+    for (view, crop), shared, seen in zip(inputs, batched, progress_seen):
+        assert_same_refinement(shared, refine_alone(view, crop, perceptual))
+        assert seen == [1] * DIFFUSE.steps
 
 
 class RecordingOperation:

@@ -6,7 +6,8 @@ waits up to `max_wait_seconds` for more items of the same operation and key (up 
 so a failing job fails with its own error and its batch-mates go on.
 
 Batching is only correct for operations whose per-item results do not depend on the batch-mates:
-`BatchedInversion` relies on `project` giving each crop its own code, noise maps, random stream and loss.
+`BatchedInversion` relies on `project` giving each crop its own code, noise maps, random stream and loss, and
+`BatchedDiffuse` on `refine_diffuse_crops` giving each crop its own code, target, masks, noise maps and loss.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from worker.pipeline.invert import InversionConfig, InversionResult, ProgressCallback, WStatistics, project
+from worker.models.stylegan2 import FixedNoiseGenerator
+from worker.pipeline.invert import InversionConfig, InversionResult, WStatistics, project
+from worker.pipeline.refine import DiffuseConfig, DiffuseCrop, RefineResult, refine_diffuse_crops
+from worker.pipeline.steps import ProgressCallback
 
 log = logging.getLogger("chinfix.worker")
 
@@ -140,6 +144,28 @@ class GpuBatcher:
             request.future.set_result(result)
 
 
+def call_rows(counts: Sequence[int]) -> list[slice]:
+    """The rows each call's crops take in the stacked batch, calls in order."""
+    starts = np.cumsum([0, *counts])
+    return [slice(int(start), int(start) + count) for start, count in zip(starts, counts)]
+
+
+def fan_out_progress(progresses: Sequence[ProgressCallback | None], rows: Sequence[slice]) -> ProgressCallback:
+    """The batch's progress callback: each call hears its own rows of the losses."""
+
+    def fan_out(step: int, total: int, losses: torch.Tensor) -> None:
+        for progress, row in zip(progresses, rows, strict=True):
+            if progress is None:
+                continue
+            try:
+                progress(step, total, losses[row])
+            except Exception:
+                # One job's progress store failing must not stop its batch-mates' optimisation.
+                log.warning("a job's progress report failed", exc_info=True)
+
+    return fan_out
+
+
 @dataclass(frozen=True)
 class InversionCall:
     """The arguments of one `project` call: targets Nx3xSxS float in [-1, 1], init_wp N x num_ws x w_dim."""
@@ -161,29 +187,18 @@ class BatchedInversion:
 
     def run_batch(self, calls: Sequence[InversionCall]) -> list[InversionResult]:
         first = calls[0]
-        counts = [call.targets.shape[0] for call in calls]
-        starts = np.cumsum([0, *counts])
+        rows = call_rows([call.targets.shape[0] for call in calls])
         init_wp = None if first.init_wp is None else np.concatenate([call.init_wp for call in calls])
-
-        def fan_out(step: int, total: int, losses: torch.Tensor) -> None:
-            for call, start, count in zip(calls, starts, counts):
-                if call.progress is None:
-                    continue
-                try:
-                    call.progress(step, total, losses[start : start + count])
-                except Exception:
-                    # One job's progress store failing must not stop its batch-mates' inversion.
-                    log.warning("a job's progress report failed", exc_info=True)
-
+        progress = fan_out_progress([call.progress for call in calls], rows)
         targets = torch.cat([call.targets for call in calls])
-        result = project(first.G, targets, first.perceptual_loss, first.config, first.w_stats, fan_out, init_wp)
+        result = project(first.G, targets, first.perceptual_loss, first.config, first.w_stats, progress, init_wp)
         return [
             InversionResult(
-                wp=result.wp[start : start + count],
-                noise={name: maps[start : start + count] for name, maps in result.noise.items()},
-                losses=result.losses[start : start + count],
+                wp=result.wp[row],
+                noise={name: maps[row] for name, maps in result.noise.items()},
+                losses=result.losses[row],
             )
-            for start, count in zip(starts, counts)
+            for row in rows
         ]
 
 
@@ -207,3 +222,62 @@ class BatchingInverter:
         wp = None if init_wp is None else np.asarray(torch.as_tensor(init_wp).detach().cpu(), dtype=np.float32)
         call = InversionCall(G, targets, perceptual_loss, config, w_stats, progress, wp)
         return self.batcher.run(self.operation, call)
+
+
+@dataclass(frozen=True)
+class DiffuseCall:
+    """The arguments of one `refine_diffuse` call. G: the generator, or a `FixedNoiseGenerator` view of it with the
+    crop's noise maps (each 1 x 1 x R x R)."""
+
+    G: Any
+    crop: DiffuseCrop
+    perceptual: torch.nn.Module
+    config: DiffuseConfig
+    progress: ProgressCallback | None
+
+    def generator_and_noise(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
+        """The generator itself, and the crop's noise maps (None: the generator's constant noise)."""
+        if isinstance(self.G, FixedNoiseGenerator):
+            return self.G.generator, self.G.noise
+        return self.G, None
+
+
+class BatchedDiffuse:
+    """Runs the diffuse refinements of concurrent jobs as one `refine_diffuse_crops` call, each crop with its own
+    code, target, masks and noise maps; crops with the generator's constant noise batch among themselves."""
+
+    def batch_key(self, call: DiffuseCall) -> Hashable:
+        generator, noise = call.generator_and_noise()
+        return (id(generator), noise is None, id(call.perceptual), call.config)
+
+    def run_batch(self, calls: Sequence[DiffuseCall]) -> list[RefineResult]:
+        first = calls[0]
+        generator, noise = first.generator_and_noise()
+        if noise is not None:
+            stacked = {name: torch.cat([call.generator_and_noise()[1][name] for call in calls]) for name in noise}
+            generator = FixedNoiseGenerator(generator, stacked)
+        progress = fan_out_progress([call.progress for call in calls], call_rows([1] * len(calls)))
+        return refine_diffuse_crops(generator, [call.crop for call in calls], first.perceptual, first.config, progress)
+
+
+class BatchingDiffuser:
+    """A drop-in for `refine_diffuse` that sends the call through the process's GPU batcher."""
+
+    def __init__(self, batcher: GpuBatcher) -> None:
+        self.batcher = batcher
+        self.operation = BatchedDiffuse()
+
+    def __call__(
+        self,
+        G: Any,
+        original_wp: np.ndarray,
+        edited_rgb: np.ndarray,
+        original_rgb: np.ndarray,
+        neck_mask: np.ndarray,
+        soft_mask: np.ndarray,
+        perceptual: torch.nn.Module,
+        config: DiffuseConfig = DiffuseConfig(),
+        progress: ProgressCallback | None = None,
+    ) -> RefineResult:
+        crop = DiffuseCrop(original_wp, edited_rgb, original_rgb, neck_mask, soft_mask)
+        return self.batcher.run(self.operation, DiffuseCall(G, crop, perceptual, config, progress))

@@ -3,7 +3,8 @@
 B RQ workers, one per thread, drain the same queue in this process; RQ stays the queue and every job runs the
 ordinary `run_edit_job`, so its record, progress and lease stay its own. The CPU stages of the B jobs (decode,
 detection, alignment, parsing, paste-back, encoding) overlap on the threads; their inversions go through one
-`GpuBatcher`, which stacks the crops of the jobs that reach the invert stage together.
+`GpuBatcher`, which stacks the crops of the jobs that reach the invert stage together, and so do their diffuse
+refinements.
 
 A SIGKILL takes every thread down with the process, so every running job's lease lapses and it ends
 `worker_lost`, as with one job at a time. Limits: RQ's job timeout is raised into the job's thread between Python
@@ -20,7 +21,7 @@ from types import FrameType
 from rq import Queue, SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
-from worker.batcher import BatchingInverter, GpuBatcher
+from worker.batcher import BatchingDiffuser, BatchingInverter, GpuBatcher
 from worker.registry import ModelRegistry
 
 log = logging.getLogger("chinfix.worker")
@@ -53,9 +54,10 @@ def run_job_threads(
 ) -> None:
     """Drain `queues` (in order) with `jobs_at_once` job threads sharing one GPU batcher; return when all have stopped
     (burst: the queue is empty; otherwise SIGINT/SIGTERM, after the running jobs finish)."""
-    alone_inverter = registry.inverter
+    alone_inverter, alone_diffuser = registry.inverter, registry.diffuser
     with GpuBatcher(jobs_at_once, max_wait_seconds) as batcher:
         registry.inverter = BatchingInverter(batcher)
+        registry.diffuser = BatchingDiffuser(batcher)
         workers = [
             ThreadWorker(queues, connection=queues[0].connection, name=f"{name}-{index}") for index in range(jobs_at_once)
         ]
@@ -85,4 +87,4 @@ def run_job_threads(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            registry.inverter = alone_inverter
+            registry.inverter, registry.diffuser = alone_inverter, alone_diffuser

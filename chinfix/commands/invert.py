@@ -44,7 +44,14 @@ def run(args: argparse.Namespace) -> int:
     from model_store.store import ModelStore
     from worker.models.checkpoints import load_generator
     from worker.models.lpips import load_lpips_vgg
-    from worker.pipeline.invert import INVERSION_PRESETS, noise_tensors, project, rgb_from_images, targets_from_rgb
+    from worker.pipeline.invert import (
+        INVERSION_PRESETS,
+        loop_precision,
+        noise_tensors,
+        project,
+        rgb_from_images,
+        targets_from_rgb,
+    )
     from worker.registry import generator_precision, resolve_device
 
     settings = Settings()
@@ -53,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"--steps must be at least 1, not {steps}")
     config = dataclasses.replace(INVERSION_PRESETS[args.preset or settings.invert_preset], space=args.space or settings.invert_space)
     config = dataclasses.replace(config, steps=steps or config.steps, seed=config.seed if args.seed is None else args.seed)
+    config = dataclasses.replace(config, precision=loop_precision(settings.precision), capture=settings.capture)
     try:
         crop = Image.open(args.crop).convert("RGB")
     except OSError as error:

@@ -14,11 +14,12 @@ Batching: every crop has its own code, noise maps and random stream (seeded alik
 SUM of the per-crop losses; Adam works element by element, so each crop follows exactly its single run (up to
 the rounding of batched convolutions).
 
-The step loop reads nothing back from the device, so a step can be captured and replayed (CUDA graphs,
-`torch.compile(mode="reduce-overhead")`): per-step losses stay on the device until the end (a progress callback
+The step loop reads nothing back from the device, and a step is captured once and replayed on CUDA
+(`worker.pipeline.steps`, `CHINFIX_CAPTURE`): per-step losses stay on the device until the end (a progress callback
 that reads its `losses` argument syncs, at its own pace); the learning rate and the exploration-noise scale are
-device tensors filled from schedules computed up front; Adam is `capturable` on CUDA (its step count stays on
-the device); the exploration noise is drawn every step, as the projector does, and scaled to 0 after its ramp.
+read from device schedules at a device step counter; Adam is `capturable` on CUDA (its step count stays on the
+device); the exploration noise is drawn before the loop from each crop's stream, one draw per step in the order the
+projector draws it inside its loop, and read at the counter (scaled to 0 after its ramp).
 
 Precision: `precision="bf16"` runs the generator and VGG under bfloat16 autocast; the codes, noise maps, Adam
 state and the loss stay float32.
@@ -27,13 +28,26 @@ state and the loss stay float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from chinfix.settings import Settings
+from worker.pipeline.steps import (
+    Capture,
+    ProgressCallback,
+    at_step,
+    capture_warmup,
+    check_capture,
+    record_loss,
+    run_steps,
+    set_gradients,
+    step_counter,
+)
 
 PERCEPTUAL_RESOLUTION = 256
 """VGG was trained on 224px images: LPIPS compares at 256, as NVIDIA's projector does."""
@@ -59,11 +73,6 @@ class PerceptualLoss(Protocol):
     def distance(self, features_a: list[torch.Tensor], features_b: list[torch.Tensor]) -> torch.Tensor: ...
 
 
-ProgressCallback = Callable[[int, int, torch.Tensor], None]
-"""progress(step, total_steps, losses) after every step (1-based); losses: N float32 on the device, each
-crop's loss at that step (reading it waits for the device)."""
-
-
 @dataclass(frozen=True)
 class InversionConfig:
     """One projector schedule.
@@ -76,6 +85,8 @@ class InversionConfig:
     noise_regularization: weight of the noise maps' auto-correlation penalty.
     seed: seeds the initial noise maps and the exploration noise (each crop its own stream, seeded alike).
     precision: "fp32", or "bf16": generator and VGG under bfloat16 autocast (codes and Adam state float32).
+    capture: "auto": on CUDA, a few eager steps, then one step captured as a CUDA graph and replayed; "off": eager
+        (`worker.pipeline.steps`; the CPU is always eager).
     """
 
     steps: int
@@ -88,10 +99,12 @@ class InversionConfig:
     noise_regularization: float = 1e5
     seed: int = 303
     precision: Precision = "fp32"
+    capture: Capture = Settings.model_fields["capture"].default
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_capture(self.capture)
         if self.space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
         if self.precision not in PRECISIONS:
@@ -220,52 +233,110 @@ def project(
     w_stats: `w_statistics(G)`, computed once per generator by its owner; computed here when None.
     init_wp: N x num_ws x w_dim starting codes (an encoder's) instead of w_avg; rows identical in W space.
     """
-    device = G.w_avg.device
-    count = targets.shape[0]
-    expected = (3, G.img_resolution, G.img_resolution)
-    if targets.ndim != 4 or tuple(targets.shape[1:]) != expected:
-        raise ValueError(f"targets must be N x {expected[0]} x {expected[1]} x {expected[2]}, got {tuple(targets.shape)}")
-    targets = targets.to(device=device, dtype=torch.float32)
-    w_stats = w_stats if w_stats is not None else w_statistics(G)
-    codes = _starting_codes(G, count, config.space, w_stats, init_wp).requires_grad_(True)
-    # One stream per crop, all seeded alike: a crop draws the same numbers in a batch as alone.
-    streams = [torch.Generator(device=device).manual_seed(config.seed) for _ in range(count)]
-    noise = _initial_noise_maps(G.synthesis.noise_resolutions(), streams, device)
-    parameters = [codes, *noise.values()]
-    learning_rates = torch.tensor([projector_learning_rate(step, config) for step in range(config.steps)], device=device)
-    noise_scales = torch.tensor(
-        [code_noise_scale(step, w_stats.w_std, config) for step in range(config.steps)], device=device
-    )
-    learning_rate = learning_rates[0].clone()
-    noise_scale = noise_scales[0].clone()
-    optimizer = step_optimizer(parameters, learning_rate)
-    with torch.no_grad(), autocast(device, config.precision):
-        target_features = [stage.float() for stage in perceptual_loss.features(perceptual_input(targets))]
+    loop = ProjectorSteps.start(G, targets, perceptual_loss, config, w_stats, init_wp)
+    run_steps(loop.step, loop.losses, progress, capture_warmup(loop.counter.device, config.capture, config.steps))
+    count = loop.codes.shape[0]
+    wp = loop.codes.detach().expand(count, G.num_ws, G.w_dim).cpu().numpy().astype(np.float32)
+    noise_maps = {name: maps.detach().cpu().numpy().astype(np.float32) for name, maps in loop.noise.items()}
+    return InversionResult(wp=wp, noise=noise_maps, losses=loop.losses.T.double().cpu().numpy())
 
-    losses = torch.empty((config.steps, count), device=device)
-    for step in range(config.steps):
-        learning_rate.copy_(learning_rates[step])
-        noise_scale.copy_(noise_scales[step])
-        jitter = torch.stack([torch.randn(codes.shape[1:], generator=stream, device=device) for stream in streams])
-        ws = codes + jitter * noise_scale
-        with autocast(device, config.precision):
-            images = G.synthesis(ws.expand(count, G.num_ws, G.w_dim), noise=noise).float()
-            features = [stage.float() for stage in perceptual_loss.features(perceptual_input(images))]
-        distance = perceptual_loss.distance(features, target_features)
-        loss = distance + config.noise_regularization * noise_regularization(noise.values())
-        # Gradients for the code and noise only: G's parameters are shared with other jobs and stay untouched.
-        gradients = torch.autograd.grad(loss.sum(), parameters)
-        for parameter, gradient in zip(parameters, gradients, strict=True):
-            parameter.grad = gradient
-        optimizer.step()
-        renormalize_noise_(noise.values())
-        losses[step] = loss.detach()
-        if progress is not None:
-            progress(step + 1, config.steps, losses[step])
 
-    wp = codes.detach().expand(count, G.num_ws, G.w_dim).cpu().numpy().astype(np.float32)
-    noise_maps = {name: maps.detach().cpu().numpy().astype(np.float32) for name, maps in noise.items()}
-    return InversionResult(wp=wp, noise=noise_maps, losses=losses.T.double().cpu().numpy())
+@dataclass
+class ProjectorSteps:
+    """The state of one projector run and its step (`steps.run_steps` runs it; see `worker.pipeline.steps`).
+
+    codes: N x 1 (W) or N x num_ws (W+) x w_dim float32 leaf; noise: N x 1 x R x R float32 leaves by layer name.
+    learning_rates, noise_scales: steps float32 schedules; jitters: K x N x layers x w_dim, the exploration noise of
+    the first K steps (those with a non-zero scale; later steps reuse the last, scaled by 0); learning_rate: the 0-d
+    tensor Adam reads; counter: the device step counter; losses: steps x N float32, each step's loss.
+    """
+
+    G: torch.nn.Module
+    perceptual_loss: PerceptualLoss
+    config: InversionConfig
+    target_features: list[torch.Tensor]
+    codes: torch.Tensor
+    noise: dict[str, torch.Tensor]
+    learning_rates: torch.Tensor
+    noise_scales: torch.Tensor
+    jitters: torch.Tensor
+    learning_rate: torch.Tensor
+    optimizer: torch.optim.Adam
+    counter: torch.Tensor
+    losses: torch.Tensor
+
+    @classmethod
+    def start(
+        cls,
+        G: torch.nn.Module,
+        targets: torch.Tensor,
+        perceptual_loss: PerceptualLoss,
+        config: InversionConfig,
+        w_stats: WStatistics | None,
+        init_wp: torch.Tensor | np.ndarray | None,
+    ) -> ProjectorSteps:
+        """Everything before the first step: codes, noise maps, schedules, the pre-drawn exploration noise, Adam."""
+        device = G.w_avg.device
+        count = targets.shape[0]
+        expected = (3, G.img_resolution, G.img_resolution)
+        if targets.ndim != 4 or tuple(targets.shape[1:]) != expected:
+            raise ValueError(f"targets must be N x {expected[0]} x {expected[1]} x {expected[2]}, got {tuple(targets.shape)}")
+        targets = targets.to(device=device, dtype=torch.float32)
+        w_stats = w_stats if w_stats is not None else w_statistics(G)
+        codes = _starting_codes(G, count, config.space, w_stats, init_wp).requires_grad_(True)
+        # One stream per crop, all seeded alike: a crop draws the same numbers in a batch as alone.
+        streams = [torch.Generator(device=device).manual_seed(config.seed) for _ in range(count)]
+        noise = _initial_noise_maps(G.synthesis.noise_resolutions(), streams, device)
+        scales = [code_noise_scale(step, w_stats.w_std, config) for step in range(config.steps)]
+        learning_rates = torch.tensor([projector_learning_rate(step, config) for step in range(config.steps)], device=device)
+        learning_rate = learning_rates[0].clone()
+        with torch.no_grad(), autocast(device, config.precision):
+            target_features = [stage.float() for stage in perceptual_loss.features(perceptual_input(targets))]
+        return cls(
+            G=G,
+            perceptual_loss=perceptual_loss,
+            config=config,
+            target_features=target_features,
+            codes=codes,
+            noise=noise,
+            learning_rates=learning_rates,
+            noise_scales=torch.tensor(scales, device=device),
+            jitters=exploration_jitters(streams, codes.shape[1:], jittered_steps(scales), device),
+            learning_rate=learning_rate,
+            optimizer=step_optimizer([codes, *noise.values()], learning_rate),
+            counter=step_counter(device),
+            losses=torch.empty((config.steps, count), device=device),
+        )
+
+    def step(self) -> None:
+        """One projector step, the `counter`-th: every per-step input is read on the device at the counter."""
+        G, config, count = self.G, self.config, self.codes.shape[0]
+        self.learning_rate.copy_(at_step(self.learning_rates, self.counter))
+        jitter = at_step(self.jitters, self.counter.clamp(max=self.jitters.shape[0] - 1))
+        ws = self.codes + jitter * at_step(self.noise_scales, self.counter)
+        with autocast(self.counter.device, config.precision):
+            images = G.synthesis(ws.expand(count, G.num_ws, G.w_dim), noise=self.noise).float()
+            features = [stage.float() for stage in self.perceptual_loss.features(perceptual_input(images))]
+        distance = self.perceptual_loss.distance(features, self.target_features)
+        loss = distance + config.noise_regularization * noise_regularization(self.noise.values())
+        set_gradients(loss.sum(), [self.codes, *self.noise.values()])
+        self.optimizer.step()
+        renormalize_noise_(self.noise.values())
+        record_loss(self.losses, self.counter, loss)
+
+
+def jittered_steps(noise_scales: Sequence[float]) -> int:
+    """How many leading steps draw exploration noise that counts: those before the scale reaches 0 (at least 1)."""
+    return max(1, sum(scale > 0 for scale in noise_scales))
+
+
+def exploration_jitters(
+    streams: Sequence[torch.Generator], shape: torch.Size, steps: int, device: torch.device
+) -> torch.Tensor:
+    """steps x N x shape: crop i's exploration noise of each step, drawn from streams[i] one step at a time, as the
+    projector draws it inside its loop (after the noise maps), so the numbers are those of an eager run."""
+    per_crop = [torch.stack([torch.randn(shape, generator=stream, device=device) for _ in range(steps)]) for stream in streams]
+    return torch.stack(per_crop, dim=1)
 
 
 def step_optimizer(parameters: list[torch.Tensor], learning_rate: torch.Tensor) -> torch.optim.Adam:
@@ -276,9 +347,16 @@ def step_optimizer(parameters: list[torch.Tensor], learning_rate: torch.Tensor) 
     return torch.optim.Adam(parameters, lr=learning_rate, betas=(0.9, 0.999), capturable=capturable)
 
 
+def loop_precision(precision: str) -> Precision:
+    """The optimisation loops' precision for a `CHINFIX_PRECISION`: fp16 is the generator's own (NVIDIA's float16
+    blocks, float32 loops); only bf16 is an autocast of the loops."""
+    return "bf16" if precision == "bf16" else "fp32"
+
+
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
-    """bfloat16 autocast for `precision="bf16"` (a no-op context for fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bfloat16 autocast for `precision="bf16"` (a no-op context for fp32). Its cast cache is off: a captured step
+    must not keep casts made at capture time (and it would hold nothing here: the networks' weights need no grad)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
 
 
 def noise_tensors(noise: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:

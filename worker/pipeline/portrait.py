@@ -32,7 +32,7 @@ from worker.pipeline.align import (
 )
 from worker.pipeline.compose import FacePaste, paste_back_faces
 from worker.pipeline.edit import KEPT_FINE_LAYERS, EditConfig, remove_double_chin
-from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, noise_tensors, targets_from_rgb
+from worker.pipeline.invert import INVERSION_PRESETS, InversionConfig, loop_precision, noise_tensors, targets_from_rgb
 from worker.pipeline.masks import (
     WARP_HARD_MASK,
     WARP_SOFT_MASK,
@@ -53,7 +53,6 @@ from worker.pipeline.refine import (
     RefineResult,
     WarpConfig,
     WarpRegions,
-    refine_diffuse,
     refine_none,
     refine_warp,
     rgb_from_images,
@@ -96,9 +95,13 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
-        # fp16 is the generator's own setting (NVIDIA's float16 blocks); only bf16 is an autocast of the loops
-        loop_precision = "bf16" if settings.precision == "bf16" else "fp32"
-        inversion = replace(INVERSION_PRESETS[settings.invert_preset], space=settings.invert_space, precision=loop_precision)
+        precision = loop_precision(settings.precision)
+        inversion = replace(
+            INVERSION_PRESETS[settings.invert_preset],
+            space=settings.invert_space,
+            precision=precision,
+            capture=settings.capture,
+        )
         if settings.invert_steps is not None:
             inversion = replace(inversion, steps=settings.invert_steps)
         return cls(
@@ -108,7 +111,8 @@ class PipelineConfig:
                 steps=settings.diffuse_steps,
                 learning_rate=settings.diffuse_lr,
                 perceptual_weight=settings.diffuse_perceptual_weight,
-                precision=loop_precision,
+                precision=precision,
+                capture=settings.capture,
             ),
             quality_gate=QualityGate.from_settings(settings),
         )
@@ -487,7 +491,7 @@ def refine(
     step_progress: Callable[[int, int, np.ndarray], None],
 ) -> RefineResult:
     if method is RefineMethod.DIFFUSE:
-        return refine_diffuse(
+        return registry.diffuser(
             generator, original_wp, edited_crop, original_crop, original_masks.neck_mask,
             original_masks.soft_mask, registry.diffuse_perceptual, config.diffuse, step_progress,
         )  # fmt: skip

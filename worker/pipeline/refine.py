@@ -19,6 +19,7 @@ Images are SxSx3 uint8 RGB aligned crops; masks SxS (bool M, float32 D in [0, 1]
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -29,7 +30,17 @@ import torch.nn.functional as F
 from scipy.spatial import Delaunay
 
 from chinfix.settings import Settings
-from worker.pipeline.invert import Precision, ProgressCallback, autocast, rgb_from_images, step_optimizer, targets_from_rgb
+from worker.pipeline.invert import Precision, autocast, rgb_from_images, step_optimizer, targets_from_rgb
+from worker.pipeline.steps import (
+    Capture,
+    ProgressCallback,
+    capture_warmup,
+    check_capture,
+    record_loss,
+    run_steps,
+    set_gradients,
+    step_counter,
+)
 
 DIFFUSE_FEATURE_RESOLUTION = 256
 """The seed average-pools both 1024 px images to 256x256 before its perceptual model (`AdaptiveAvgPool2d`);
@@ -53,10 +64,13 @@ class DiffuseConfig:
     perceptual_weight: float = _DEFAULTS["diffuse_perceptual_weight"].default
     precision: Precision = "fp32"
     """"bf16": generator and VGG under bfloat16 autocast (the code, Adam state and loss stay float32)."""
+    capture: Capture = _DEFAULTS["capture"].default
+    """"auto": on CUDA, one step captured as a CUDA graph and replayed; "off": eager (`worker.pipeline.steps`)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_capture(self.capture)
         if self.perceptual_weight < 0:
             raise ValueError(f"perceptual_weight must be >= 0, got {self.perceptual_weight}")
 
@@ -124,6 +138,18 @@ def diffuse_features(perceptual: torch.nn.Module, images: torch.Tensor) -> torch
     return perceptual(F.adaptive_avg_pool2d(images, min(DIFFUSE_FEATURE_RESOLUTION, images.shape[-1])))
 
 
+@dataclass(frozen=True)
+class DiffuseCrop:
+    """One crop's diffuse inputs: original_wp 1 x num_ws x w_dim float32 (the start), edited_rgb and original_rgb
+    SxSx3 uint8 RGB, neck_mask SxS bool (M), soft_mask SxS float32 (D)."""
+
+    original_wp: np.ndarray
+    edited_rgb: np.ndarray
+    original_rgb: np.ndarray
+    neck_mask: np.ndarray
+    soft_mask: np.ndarray
+
+
 def refine_diffuse(
     G: torch.nn.Module,
     original_wp: np.ndarray,
@@ -137,47 +163,100 @@ def refine_diffuse(
 ) -> RefineResult:
     """Re-synthesise the neck from the original code (see the module docstring).
 
-    G: StyleGAN2 generator in eval mode (receives no gradients); crops are S = G.img_resolution.
-    perceptual: images in [-1, 1] → features (the seed's VGG16 relu4_3, `SeedPerceptualVGG16`), on G's
-    device, frozen. progress(step, steps, losses) after each step, losses a 1-element float32 tensor on the device
-    (reading it waits for the device).
+    G: StyleGAN2 generator in eval mode (receives no gradients), or a `FixedNoiseGenerator` view of one; crops are
+    S = G.img_resolution. perceptual: images in [-1, 1] → features (the seed's VGG16 relu4_3,
+    `SeedPerceptualVGG16`), on G's device, frozen. progress(step, steps, losses) after each step, losses a 1-element
+    float32 tensor on the device (reading it waits for the device).
     """
-    device = G.w_avg.device
-    side = G.img_resolution
-    if edited_rgb.shape != (side, side, 3) or original_rgb.shape != (side, side, 3):
-        raise ValueError(f"crops must be {side}x{side}x3 for this generator, got {edited_rgb.shape}, {original_rgb.shape}")
-    start = torch.as_tensor(original_wp, dtype=torch.float32, device=device)
-    if tuple(start.shape) != (1, G.num_ws, G.w_dim):
-        raise ValueError(f"original_wp must be 1 x {G.num_ws} x {G.w_dim}, got {tuple(start.shape)}")
+    crop = DiffuseCrop(original_wp, edited_rgb, original_rgb, neck_mask, soft_mask)
+    return refine_diffuse_crops(G, [crop], perceptual, config, progress)[0]
 
-    target = targets_from_rgb([diffuse_target(edited_rgb, original_rgb, neck_mask)], device)
-    outside = torch.from_numpy(1.0 - soft_mask.astype(np.float32)).to(device)[None, None]
-    if config.perceptual_weight > 0:
-        with torch.no_grad(), autocast(device, config.precision):
-            target_features = diffuse_features(perceptual, target).float()
 
-    code = start.clone().requires_grad_(True)
-    # lr a device tensor and Adam capturable on CUDA, losses kept on the device: a step reads nothing back
-    optimizer = step_optimizer([code], torch.tensor(config.learning_rate, device=device))
-    losses = torch.empty(config.steps, device=device)
-    for step in range(config.steps):
-        with autocast(device, config.precision):
-            images = G.synthesis(code, noise_mode="const").float()
-            features = diffuse_features(perceptual, images).float() if config.perceptual_weight > 0 else None
-        loss = ((target - images) * outside).square().mean()
-        if features is not None:
-            loss = loss + config.perceptual_weight * (target_features - features).square().mean()
-        # grad w.r.t. the code only: G's parameters are shared with other jobs and stay untouched
-        (code.grad,) = torch.autograd.grad(loss, [code])
-        optimizer.step()
-        losses[step] = loss.detach()
-        if progress is not None:
-            progress(step + 1, config.steps, losses[step : step + 1])
-
+def refine_diffuse_crops(
+    G: torch.nn.Module,
+    crops: Sequence[DiffuseCrop],
+    perceptual: torch.nn.Module,
+    config: DiffuseConfig = DiffuseConfig(),
+    progress: ProgressCallback | None = None,
+) -> list[RefineResult]:
+    """`refine_diffuse` of N crops at once, each with its own code, target and masks. G's noise (a
+    `FixedNoiseGenerator`'s maps) is 1 or N per layer. The batch loss is the SUM of the crops' losses, each exactly its
+    loss alone, and Adam works element by element: each crop follows its single run (up to the rounding of batched
+    convolutions). progress(step, steps, losses): losses N float32 on the device."""
+    loop = DiffuseSteps.start(G, crops, perceptual, config)
+    run_steps(loop.step, loop.losses, progress, capture_warmup(loop.counter.device, config.capture, config.steps))
     with torch.no_grad():
-        resynthesised = rgb_from_images(G.synthesis(code, noise_mode="const"))[0]
-    image = blend_under_mask(resynthesised, original_rgb, soft_mask)
-    return RefineResult(image, code.detach().cpu().numpy().astype(np.float32), losses.double().cpu().numpy())
+        resynthesised = rgb_from_images(G.synthesis(loop.codes, noise_mode="const"))
+    codes = loop.codes.detach().cpu().numpy().astype(np.float32)
+    losses = loop.losses.double().cpu().numpy()
+    return [
+        RefineResult(blend_under_mask(image, crop.original_rgb, crop.soft_mask), codes[row : row + 1], losses[:, row])
+        for row, (crop, image) in enumerate(zip(crops, resynthesised, strict=True))
+    ]
+
+
+@dataclass
+class DiffuseSteps:
+    """The state of one diffuse run of N crops and its step (see `worker.pipeline.steps`).
+
+    codes: N x num_ws x w_dim float32 leaf; targets: Nx3xSxS in [-1, 1]; outside: Nx1xSxS, 1 - D;
+    target_features: the targets' perceptual features (None without the perceptual term); counter: the device step
+    counter; losses: steps x N float32, each step's loss of each crop.
+    """
+
+    G: torch.nn.Module
+    perceptual: torch.nn.Module
+    config: DiffuseConfig
+    targets: torch.Tensor
+    outside: torch.Tensor
+    target_features: torch.Tensor | None
+    codes: torch.Tensor
+    optimizer: torch.optim.Adam
+    counter: torch.Tensor
+    losses: torch.Tensor
+
+    @classmethod
+    def start(
+        cls, G: torch.nn.Module, crops: Sequence[DiffuseCrop], perceptual: torch.nn.Module, config: DiffuseConfig
+    ) -> DiffuseSteps:
+        device = G.w_avg.device
+        side = G.img_resolution
+        for crop in crops:
+            if crop.edited_rgb.shape != (side, side, 3) or crop.original_rgb.shape != (side, side, 3):
+                raise ValueError(
+                    f"crops must be {side}x{side}x3 for this generator, got {crop.edited_rgb.shape}, {crop.original_rgb.shape}"
+                )
+            if tuple(crop.original_wp.shape) != (1, G.num_ws, G.w_dim):
+                raise ValueError(f"original_wp must be 1 x {G.num_ws} x {G.w_dim}, got {tuple(crop.original_wp.shape)}")
+        starts = np.concatenate([np.asarray(crop.original_wp, dtype=np.float32) for crop in crops])
+        targets = targets_from_rgb([diffuse_target(crop.edited_rgb, crop.original_rgb, crop.neck_mask) for crop in crops], device)
+        outside = torch.from_numpy(np.stack([1.0 - crop.soft_mask.astype(np.float32) for crop in crops])[:, None]).to(device)
+        target_features = None
+        if config.perceptual_weight > 0:
+            with torch.no_grad(), autocast(device, config.precision):
+                target_features = diffuse_features(perceptual, targets).float()
+        codes = torch.from_numpy(starts).to(device).requires_grad_(True)
+        # lr a device tensor and Adam capturable on CUDA, losses kept on the device: a step reads nothing back
+        optimizer = step_optimizer([codes], torch.tensor(config.learning_rate, device=device))
+        losses = torch.empty((config.steps, len(crops)), device=device)
+        return cls(G, perceptual, config, targets, outside, target_features, codes, optimizer, step_counter(device), losses)
+
+    def step(self) -> None:
+        """One diffuse step; its losses go to row `counter` (read on the device)."""
+        with autocast(self.counter.device, self.config.precision):
+            images = self.G.synthesis(self.codes, noise_mode="const").float()
+            features = diffuse_features(self.perceptual, images).float() if self.target_features is not None else None
+        loss = per_crop_mean(((self.targets - images) * self.outside).square())
+        if features is not None:
+            loss = loss + self.config.perceptual_weight * per_crop_mean((self.target_features - features).square())
+        set_gradients(loss.sum(), [self.codes])
+        self.optimizer.step()
+        record_loss(self.losses, self.counter, loss)
+
+
+def per_crop_mean(values: torch.Tensor) -> torch.Tensor:
+    """N x ... → N: the mean of each crop's values."""
+    return values.flatten(1).mean(dim=1)
 
 
 def region_side_edges(region: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
