@@ -148,8 +148,7 @@ def test_concurrent_diffuse_refinements_share_a_batch_and_each_equals_its_run_al
         diffuser = BatchingDiffuser(batcher)
         batched = run_concurrently([
             lambda index=index, view=view, crop=crop: diffuser(
-                view, crop.original_wp, crop.edited_rgb, crop.original_rgb, crop.neck_mask, crop.soft_mask,
-                perceptual, DIFFUSE,
+                view, crop, perceptual, DIFFUSE,
                 progress=lambda step, total, losses, index=index: progress_seen[index].append(len(losses)),
             )
             for index, (view, crop) in enumerate(inputs)

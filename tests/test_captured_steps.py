@@ -58,7 +58,7 @@ def test_the_runner_reports_each_steps_own_losses_and_the_counter_reaches_the_en
         record_loss(losses, counter, counter.float().repeat(2) * 10)
 
     seen = []
-    run_steps(step, losses, lambda step, total, row: seen.append((step, total, row.clone())), warmup=None)
+    run_steps(step, losses, lambda step, total, row: seen.append((step, total, row.clone())), capture="auto")
     assert [(step, total) for step, total, _ in seen] == [(k, 5) for k in range(1, 6)]
     assert [row.tolist() for _, _, row in seen] == [[10.0 * k] * 2 for k in range(5)]
     assert int(counter) == 5

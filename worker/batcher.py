@@ -261,7 +261,8 @@ class BatchedDiffuse:
 
 
 class BatchingDiffuser:
-    """A drop-in for `refine_diffuse` that sends the call through the process's GPU batcher."""
+    """A drop-in for `refine_diffuse_crop` (`ModelRegistry.diffuser`) that sends the call through the process's GPU
+    batcher."""
 
     def __init__(self, batcher: GpuBatcher) -> None:
         self.batcher = batcher
@@ -270,14 +271,9 @@ class BatchingDiffuser:
     def __call__(
         self,
         G: Any,
-        original_wp: np.ndarray,
-        edited_rgb: np.ndarray,
-        original_rgb: np.ndarray,
-        neck_mask: np.ndarray,
-        soft_mask: np.ndarray,
+        crop: DiffuseCrop,
         perceptual: torch.nn.Module,
-        config: DiffuseConfig = DiffuseConfig(),
+        config: DiffuseConfig,
         progress: ProgressCallback | None = None,
     ) -> RefineResult:
-        crop = DiffuseCrop(original_wp, edited_rgb, original_rgb, neck_mask, soft_mask)
         return self.batcher.run(self.operation, DiffuseCall(G, crop, perceptual, config, progress))

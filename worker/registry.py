@@ -17,7 +17,7 @@ from chinfix.settings import Settings
 from model_store.store import ModelStore
 from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS
 from worker.pipeline.invert import project
-from worker.pipeline.refine import refine_diffuse
+from worker.pipeline.refine import refine_diffuse_crop
 
 log = logging.getLogger("chinfix.worker")
 
@@ -94,8 +94,8 @@ class ModelRegistry:
     pose_normal: np.ndarray | None = None
     inverter: Callable[..., Any] = project
     """`project`, or a `worker.batcher.BatchingInverter` that shares GPU batches with concurrent jobs."""
-    diffuser: Callable[..., Any] = refine_diffuse
-    """`refine_diffuse`, or a `worker.batcher.BatchingDiffuser` that shares GPU batches with concurrent jobs."""
+    diffuser: Callable[..., Any] = refine_diffuse_crop
+    """`refine_diffuse_crop`, or a `worker.batcher.BatchingDiffuser` that shares GPU batches with concurrent jobs."""
     face_describer: Any | None = None
     missing: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)

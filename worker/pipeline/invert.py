@@ -41,7 +41,6 @@ from worker.pipeline.steps import (
     Capture,
     ProgressCallback,
     at_step,
-    capture_warmup,
     check_capture,
     record_loss,
     run_steps,
@@ -234,7 +233,7 @@ def project(
     init_wp: N x num_ws x w_dim starting codes (an encoder's) instead of w_avg; rows identical in W space.
     """
     loop = ProjectorSteps.start(G, targets, perceptual_loss, config, w_stats, init_wp)
-    run_steps(loop.step, loop.losses, progress, capture_warmup(loop.counter.device, config.capture, config.steps))
+    run_steps(loop.step, loop.losses, progress, config.capture)
     count = loop.codes.shape[0]
     wp = loop.codes.detach().expand(count, G.num_ws, G.w_dim).cpu().numpy().astype(np.float32)
     noise_maps = {name: maps.detach().cpu().numpy().astype(np.float32) for name, maps in loop.noise.items()}
@@ -288,7 +287,8 @@ class ProjectorSteps:
         streams = [torch.Generator(device=device).manual_seed(config.seed) for _ in range(count)]
         noise = _initial_noise_maps(G.synthesis.noise_resolutions(), streams, device)
         scales = [code_noise_scale(step, w_stats.w_std, config) for step in range(config.steps)]
-        learning_rates = torch.tensor([projector_learning_rate(step, config) for step in range(config.steps)], device=device)
+        rates = [projector_learning_rate(step, config) for step in range(config.steps)]
+        learning_rates = torch.tensor(rates, device=device)
         learning_rate = learning_rates[0].clone()
         with torch.no_grad(), autocast(device, config.precision):
             target_features = [stage.float() for stage in perceptual_loss.features(perceptual_input(targets))]
@@ -335,8 +335,8 @@ def exploration_jitters(
 ) -> torch.Tensor:
     """steps x N x shape: crop i's exploration noise of each step, drawn from streams[i] one step at a time, as the
     projector draws it inside its loop (after the noise maps), so the numbers are those of an eager run."""
-    per_crop = [torch.stack([torch.randn(shape, generator=stream, device=device) for _ in range(steps)]) for stream in streams]
-    return torch.stack(per_crop, dim=1)
+    per_crop = [[torch.randn(shape, generator=stream, device=device) for _ in range(steps)] for stream in streams]
+    return torch.stack([torch.stack(draws) for draws in per_crop], dim=1)
 
 
 def step_optimizer(parameters: list[torch.Tensor], learning_rate: torch.Tensor) -> torch.optim.Adam:

@@ -50,6 +50,7 @@ from worker.pipeline.quality import (
 )
 from worker.pipeline.refine import (
     DiffuseConfig,
+    DiffuseCrop,
     RefineResult,
     WarpConfig,
     WarpRegions,
@@ -491,10 +492,8 @@ def refine(
     step_progress: Callable[[int, int, np.ndarray], None],
 ) -> RefineResult:
     if method is RefineMethod.DIFFUSE:
-        return registry.diffuser(
-            generator, original_wp, edited_crop, original_crop, original_masks.neck_mask,
-            original_masks.soft_mask, registry.diffuse_perceptual, config.diffuse, step_progress,
-        )  # fmt: skip
+        crop = DiffuseCrop(original_wp, edited_crop, original_crop, original_masks.neck_mask, original_masks.soft_mask)
+        return registry.diffuser(generator, crop, registry.diffuse_perceptual, config.diffuse, step_progress)
     if method is RefineMethod.WARP:
         # the warp reads the edited generation's face and neck too, found the same way as the original's
         edited_landmarks = landmarks_of_generation(registry.landmarker, edited_crop, landmarks_aligned)

@@ -31,16 +31,8 @@ from scipy.spatial import Delaunay
 
 from chinfix.settings import Settings
 from worker.pipeline.invert import Precision, autocast, rgb_from_images, step_optimizer, targets_from_rgb
-from worker.pipeline.steps import (
-    Capture,
-    ProgressCallback,
-    capture_warmup,
-    check_capture,
-    record_loss,
-    run_steps,
-    set_gradients,
-    step_counter,
-)
+from worker.pipeline import steps as step_loop
+from worker.pipeline.steps import Capture, ProgressCallback
 
 DIFFUSE_FEATURE_RESOLUTION = 256
 """The seed average-pools both 1024 px images to 256x256 before its perceptual model (`AdaptiveAvgPool2d`);
@@ -70,7 +62,7 @@ class DiffuseConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        check_capture(self.capture)
+        step_loop.check_capture(self.capture)
         if self.perceptual_weight < 0:
             raise ValueError(f"perceptual_weight must be >= 0, got {self.perceptual_weight}")
 
@@ -169,6 +161,17 @@ def refine_diffuse(
     float32 tensor on the device (reading it waits for the device).
     """
     crop = DiffuseCrop(original_wp, edited_rgb, original_rgb, neck_mask, soft_mask)
+    return refine_diffuse_crop(G, crop, perceptual, config, progress)
+
+
+def refine_diffuse_crop(
+    G: torch.nn.Module,
+    crop: DiffuseCrop,
+    perceptual: torch.nn.Module,
+    config: DiffuseConfig = DiffuseConfig(),
+    progress: ProgressCallback | None = None,
+) -> RefineResult:
+    """`refine_diffuse` of one `DiffuseCrop` (the pipeline's diffuser: `ModelRegistry.diffuser`)."""
     return refine_diffuse_crops(G, [crop], perceptual, config, progress)[0]
 
 
@@ -184,7 +187,7 @@ def refine_diffuse_crops(
     loss alone, and Adam works element by element: each crop follows its single run (up to the rounding of batched
     convolutions). progress(step, steps, losses): losses N float32 on the device."""
     loop = DiffuseSteps.start(G, crops, perceptual, config)
-    run_steps(loop.step, loop.losses, progress, capture_warmup(loop.counter.device, config.capture, config.steps))
+    step_loop.run_steps(loop.step, loop.losses, progress, config.capture)
     with torch.no_grad():
         resynthesised = rgb_from_images(G.synthesis(loop.codes, noise_mode="const"))
     codes = loop.codes.detach().cpu().numpy().astype(np.float32)
@@ -229,8 +232,10 @@ class DiffuseSteps:
             if tuple(crop.original_wp.shape) != (1, G.num_ws, G.w_dim):
                 raise ValueError(f"original_wp must be 1 x {G.num_ws} x {G.w_dim}, got {tuple(crop.original_wp.shape)}")
         starts = np.concatenate([np.asarray(crop.original_wp, dtype=np.float32) for crop in crops])
-        targets = targets_from_rgb([diffuse_target(crop.edited_rgb, crop.original_rgb, crop.neck_mask) for crop in crops], device)
-        outside = torch.from_numpy(np.stack([1.0 - crop.soft_mask.astype(np.float32) for crop in crops])[:, None]).to(device)
+        target_rgb = [diffuse_target(crop.edited_rgb, crop.original_rgb, crop.neck_mask) for crop in crops]
+        targets = targets_from_rgb(target_rgb, device)
+        outside_masks = np.stack([1.0 - crop.soft_mask.astype(np.float32) for crop in crops])[:, None]
+        outside = torch.from_numpy(outside_masks).to(device)
         target_features = None
         if config.perceptual_weight > 0:
             with torch.no_grad(), autocast(device, config.precision):
@@ -239,7 +244,8 @@ class DiffuseSteps:
         # lr a device tensor and Adam capturable on CUDA, losses kept on the device: a step reads nothing back
         optimizer = step_optimizer([codes], torch.tensor(config.learning_rate, device=device))
         losses = torch.empty((config.steps, len(crops)), device=device)
-        return cls(G, perceptual, config, targets, outside, target_features, codes, optimizer, step_counter(device), losses)
+        counter = step_loop.step_counter(device)
+        return cls(G, perceptual, config, targets, outside, target_features, codes, optimizer, counter, losses)
 
     def step(self) -> None:
         """One diffuse step; its losses go to row `counter` (read on the device)."""
@@ -249,9 +255,9 @@ class DiffuseSteps:
         loss = per_crop_mean(((self.targets - images) * self.outside).square())
         if features is not None:
             loss = loss + self.config.perceptual_weight * per_crop_mean((self.target_features - features).square())
-        set_gradients(loss.sum(), [self.codes])
+        step_loop.set_gradients(loss.sum(), [self.codes])
         self.optimizer.step()
-        record_loss(self.losses, self.counter, loss)
+        step_loop.record_loss(self.losses, self.counter, loss)
 
 
 def per_crop_mean(values: torch.Tensor) -> torch.Tensor:

@@ -73,10 +73,13 @@ def set_gradients(loss: torch.Tensor, parameters: Sequence[torch.Tensor]) -> Non
         parameter.grad = gradient
 
 
-def run_steps(step: Callable[[], None], losses: torch.Tensor, progress: ProgressCallback | None, warmup: int | None) -> None:
-    """Run `losses.shape[0]` steps: all eagerly when `warmup` is None, else (CUDA) `warmup` eagerly and the rest as
-    replays of one captured step. progress(step, total, losses[step - 1]) after each."""
+def run_steps(
+    step: Callable[[], None], losses: torch.Tensor, progress: ProgressCallback | None, capture: Capture
+) -> None:
+    """Run `losses.shape[0]` steps: eagerly, or (CUDA, `capture_warmup`) the warm-up eagerly and the rest as replays
+    of one captured step. progress(step, total, losses[step - 1]) after each."""
     total = losses.shape[0]
+    warmup = capture_warmup(losses.device, capture, total)
     done = 0 if warmup is None else _run_captured(step, losses, progress, warmup)
     for index in range(done, total):
         step()
@@ -88,7 +91,9 @@ def _report(progress: ProgressCallback | None, index: int, losses: torch.Tensor)
         progress(index + 1, losses.shape[0], losses[index])
 
 
-def _run_captured(step: Callable[[], None], losses: torch.Tensor, progress: ProgressCallback | None, warmup: int) -> int:
+def _run_captured(
+    step: Callable[[], None], losses: torch.Tensor, progress: ProgressCallback | None, warmup: int
+) -> int:
     """CUDA: `warmup` eager steps and then replays of one captured step, all on one side stream (cuBLAS keeps a
     handle per stream: warming up on the capture stream creates it before the capture). Returns how many steps ran:
     all, or the warm-up's when the capture failed (the caller runs the rest eagerly)."""
