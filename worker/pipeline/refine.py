@@ -15,6 +15,10 @@ Three methods, one contract: every pixel where the soft mask D is 0 is the origi
 
 Images are SxSx3 uint8 RGB aligned crops; masks SxS (bool M, float32 D in [0, 1]); codes
 1 x num_ws x w_dim float32 numpy arrays (as the invert and edit stages hand them over).
+
+The diffuse loop runs N crops at once (`refine_diffuse_crops`: the GPU batcher stacks concurrent jobs' crops), and
+its step is capture-ready: it reads nothing back and writes its losses at a device step counter, so on CUDA one step
+is captured as a CUDA graph and replayed (`worker.pipeline.steps`, `CHINFIX_CAPTURE`).
 """
 
 from __future__ import annotations
