@@ -24,8 +24,18 @@ from worker.pipeline.invert import (
 )
 from worker.pipeline.portrait import PipelineConfig
 from worker.pipeline.refine import DiffuseConfig
-from worker.pipeline.steps import CAPTURE_WARMUP_STEPS, capture_warmup, record_loss, run_steps, step_counter
+from worker.pipeline.refine import DiffuseSteps
+from worker.pipeline.steps import (
+    CAPTURE_WARMUP_STEPS,
+    capture_warmup,
+    record_loss,
+    run_steps,
+    run_with_capture,
+    step_counter,
+)
 from chinfix.settings import Settings
+from tests.perceptual_fixtures import build_random_seed_perceptual
+from tests.test_batching import diffuse_crop
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -130,3 +140,58 @@ def test_exploration_noise_is_drawn_only_while_it_counts(generator, metric, w_st
         generator, synthesised_targets(generator, 1, seed=4)[0], metric, dataclasses.replace(config, w_noise_factor=0.0), w_stats, None
     )
     assert no_noise.jitters.shape[0] == 1
+
+
+def record_without_running(captured: list):
+    """A stand-in for `cuda_graph_replay` with a CUDA capture's semantics: capturing runs nothing, each replay runs
+    the recorded step."""
+
+    def capture(step):
+        captured.append(step)
+        return step
+
+    return capture
+
+
+def fail_to_capture(step):
+    raise RuntimeError("operation not permitted when stream is capturing")
+
+
+@pytest.fixture(params=["projector", "diffuse"])
+def fresh_loop(request, generator, metric, w_stats, tmp_path):
+    """Builds a new loop of 7 steps, the same each call: the projector's (2 crops) or the diffuse's (2 crops)."""
+    if request.param == "projector":
+        targets = torch.cat(synthesised_targets(generator, 2, seed=5))
+        return lambda: ProjectorSteps.start(generator, targets, metric, InversionConfig(steps=7), w_stats, None)
+    perceptual = build_random_seed_perceptual(0, tmp_path)
+    crops = [diffuse_crop(generator, seed)[1] for seed in (1, 2)]
+    return lambda: DiffuseSteps.start(generator, crops, perceptual, DiffuseConfig(steps=7, learning_rate=0.05))
+
+
+def final_state(loop) -> list[torch.Tensor]:
+    noise = list(getattr(loop, "noise", {}).values())
+    return [loop.codes.detach(), *[maps.detach() for maps in noise], loop.losses]
+
+
+@pytest.mark.parametrize("capture_step", ["records", "fails"])
+def test_warm_up_capture_and_replays_run_the_schedule_an_eager_run_does(fresh_loop, capture_step, caplog) -> None:
+    """3 eager steps, one captured (running nothing), 4 replays: the same codes, maps and losses as 7 eager steps, and
+    progress after every step. A capture that raises leaves the rest to eager steps, with the same numbers."""
+    eager = fresh_loop()
+    run_steps(eager.step, eager.losses, None, capture="off")
+    captured: list = []
+    loop = fresh_loop()
+    seen = []
+    run_with_capture(
+        loop.step, loop.losses, lambda step, total, row: seen.append((step, total, row.clone())), CAPTURE_WARMUP_STEPS,
+        capture_step=record_without_running(captured) if capture_step == "records" else fail_to_capture,
+    )  # fmt: skip
+    assert [(step, total) for step, total, _ in seen] == [(k, 7) for k in range(1, 8)]
+    assert all(torch.equal(row, loop.losses[k]) for k, (_, _, row) in enumerate(seen))
+    assert int(loop.counter) == 7
+    for got, expected in zip(final_state(loop), final_state(eager), strict=True):
+        assert torch.equal(got, expected)
+    if capture_step == "records":
+        assert captured == [loop.step]
+    else:
+        assert "capturing the optimisation step failed" in caplog.text

@@ -9,13 +9,16 @@ depends on a Python number that changes between steps, so a captured step, repla
 Capture (`CHINFIX_CAPTURE=auto`, CUDA only) follows PyTorch's recipe for whole-network capture: warm-up steps on a
 side stream (they initialise Adam's state, let cuDNN autotune and autograd start its device threads; they are real
 steps of the schedule), then one step captured on that same stream, then replays. If the capture raises, the rest of
-the steps run eagerly and give the same numbers. The capture code has NOT been run on a GPU in this project yet.
+the steps run eagerly and give the same numbers. `run_with_capture` is that whole order of things and runs on the CPU
+in the tests (with a stand-in capture that records a step without running it, as a CUDA capture does); the CUDA-only
+code is `side_stream` and `cuda_graph_replay`, and it has NOT been run on a GPU in this project yet.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -77,12 +80,37 @@ def run_steps(
     step: Callable[[], None], losses: torch.Tensor, progress: ProgressCallback | None, capture: Capture
 ) -> None:
     """Run `losses.shape[0]` steps: eagerly, or (CUDA, `capture_warmup`) the warm-up eagerly and the rest as replays
-    of one captured step. progress(step, total, losses[step - 1]) after each."""
+    of one captured step, all on a side stream. progress(step, total, losses[step - 1]) after each."""
+    warmup = capture_warmup(losses.device, capture, losses.shape[0])
+    if warmup is None:
+        run_with_capture(step, losses, progress, losses.shape[0], capture_step=None)
+        return
+    with side_stream(losses.device):
+        run_with_capture(step, losses, progress, warmup, capture_step=cuda_graph_replay)
+
+
+def run_with_capture(
+    step: Callable[[], None],
+    losses: torch.Tensor,
+    progress: ProgressCallback | None,
+    warmup: int,
+    capture_step: Callable[[Callable[[], None]], Callable[[], None]] | None,
+) -> None:
+    """`warmup` eager steps, then `capture_step(step)` (which records one step without running it and returns its
+    replay) replayed for the remaining steps. If the capture raises, the remaining steps run eagerly: nothing was run
+    by the failed capture and every input sits at the device counter, so the numbers are the same."""
     total = losses.shape[0]
-    warmup = capture_warmup(losses.device, capture, total)
-    done = 0 if warmup is None else _run_captured(step, losses, progress, warmup)
-    for index in range(done, total):
+    for index in range(min(warmup, total)):
         step()
+        _report(progress, index, losses)
+    replay = step
+    if capture_step is not None and warmup < total:
+        try:
+            replay = capture_step(step)
+        except Exception:
+            log.warning("capturing the optimisation step failed; the remaining steps run eagerly", exc_info=True)
+    for index in range(warmup, total):
+        replay()
         _report(progress, index, losses)
 
 
@@ -91,32 +119,22 @@ def _report(progress: ProgressCallback | None, index: int, losses: torch.Tensor)
         progress(index + 1, losses.shape[0], losses[index])
 
 
-def _run_captured(
-    step: Callable[[], None], losses: torch.Tensor, progress: ProgressCallback | None, warmup: int
-) -> int:
-    """CUDA: `warmup` eager steps and then replays of one captured step, all on one side stream (cuBLAS keeps a
-    handle per stream: warming up on the capture stream creates it before the capture). Returns how many steps ran:
-    all, or the warm-up's when the capture failed (the caller runs the rest eagerly)."""
-    total = losses.shape[0]
-    device = losses.device
+@contextmanager
+def side_stream(device: torch.device) -> Iterator[None]:
+    """CUDA: run the block on a new stream, ordered after the work already queued and before the work queued after
+    it. Warm-up and capture share it: cuBLAS keeps a handle per stream, and warming up on the capture stream makes
+    it before the capture."""
     stream = torch.cuda.Stream(device=device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    done = warmup
     with torch.cuda.stream(stream):
-        for index in range(warmup):
-            step()
-            _report(progress, index, losses)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            # thread_local: other job threads may allocate on the GPU while this one captures
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-                step()
-        except Exception:
-            log.warning("capturing the optimisation step failed; the remaining steps run eagerly", exc_info=True)
-        else:
-            for index in range(warmup, total):
-                graph.replay()
-                _report(progress, index, losses)
-            done = total
+        yield
     torch.cuda.current_stream(device).wait_stream(stream)
-    return done
+
+
+def cuda_graph_replay(step: Callable[[], None]) -> Callable[[], None]:
+    """CUDA: record one call of `step` on the current stream as a CUDA graph (running nothing); its replay."""
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: other job threads may allocate on the GPU while this one captures
+    with torch.cuda.graph(graph, stream=torch.cuda.current_stream(), capture_error_mode="thread_local"):
+        step()
+    return graph.replay
