@@ -22,7 +22,7 @@ from chinfix.callbacks import schedule_callback
 from chinfix.contract import RedisKeys
 from chinfix.settings import Settings
 
-from tests.service_harness import PORTRAITS, api_and_worker, free_port, wait_for_job, wait_for_worker
+from tests.service_harness import PORTRAITS, api_and_worker, free_port, wait_for_job
 from tests.test_api import post_edit
 from tests.test_job_threads import wait_until_running_in_invert
 
@@ -75,13 +75,15 @@ def persistent_redis(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("jobs_at_once", [1, 2], ids=["one-job", "job-threads"])
 def test_a_busy_worker_rides_out_a_redis_outage(
-    isolated_env: dict[str, str], tmp_path: Path, persistent_redis: PersistentRedis
+    isolated_env: dict[str, str], tmp_path: Path, persistent_redis: PersistentRedis, jobs_at_once: int
 ) -> None:
     env = {
         **isolated_env,
         "CHINFIX_REDIS_URL": persistent_redis.url,
         "CHINFIX_PIPELINE": "tests.stub_pipeline:slow_darken",
+        "CHINFIX_WORKER_BATCH": str(jobs_at_once),
     }
     with api_and_worker(env, tmp_path) as (base_url, worker):
         job_ids = [post_edit(base_url, PORTRAITS[index % len(PORTRAITS)].read_bytes()).json()["id"] for index in range(4)]

@@ -208,7 +208,7 @@ class ChangingResolver:
 
 @pytest.fixture
 def test_authority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
-    """A certificate authority that this process's default TLS contexts trust (and no other)."""
+    """A certificate authority that this process's default TLS contexts trust (SSL_CERT_FILE)."""
     authority = trustme.CA()
     authority.cert_pem.write_to_path(str(tmp_path / "authority.pem"))
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "authority.pem"))
