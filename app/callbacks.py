@@ -2,15 +2,17 @@
 
 One attempt per RQ job: POST the job view, record the outcome on the job, and on a non-2xx answer, a timeout or
 a refused address queue the next attempt after the next backoff delay (RQ's scheduler holds it until then).
+Each attempt connects to the address it checked (`check_callback_url`), not to the host's name again.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
+import socket
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from rq import get_current_job
 
@@ -29,16 +31,6 @@ from chinfix.jobs import JobStore
 from chinfix.settings import Settings
 
 log = logging.getLogger("chinfix.callbacks")
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect would lead the POST to an address nobody checked: it counts as a failed attempt instead."""
-
-    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003 - urllib's signature
-        return None
-
-
-_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 def deliver_callback(job_id: str, attempt: int) -> None:
@@ -81,24 +73,33 @@ def webhook_secret_of_owner(settings: Settings, owner: str | None) -> str | None
 def post_signed(url: str, body: bytes, job_id: str, secret: str, settings: Settings) -> tuple[int | None, str | None]:
     """(HTTP status or None, why there is none)."""
     try:
-        check_callback_url(url, settings.callback_allow)
+        address = check_callback_url(url, settings.callback_allow)
     except CallbackRefused as refused:
         return None, refused.message
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "chinfix-webhooks",
-            JOB_ID_HEADER: job_id,
-            SIGNATURE_HEADER: signature_header(secret, int(time.time()), body),
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "chinfix-webhooks",
+        JOB_ID_HEADER: job_id,
+        SIGNATURE_HEADER: signature_header(secret, int(time.time()), body),
+    }
     try:
-        with _OPENER.open(request, timeout=settings.callback_timeout_seconds) as response:
-            return response.status, None
-    except urllib.error.HTTPError as answer:
-        return answer.code, None
-    except (urllib.error.URLError, TimeoutError, OSError) as failure:
-        return None, str(getattr(failure, "reason", failure))
+        return post_to_address(url, address, body, headers, settings.callback_timeout_seconds), None
+    except (OSError, http.client.HTTPException) as failure:
+        return None, str(failure) or type(failure).__name__
+
+
+def post_to_address(url: str, address: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """POST `body` to `url` over a connection to `address` (the one `check_callback_url` checked), not to a fresh
+    resolution of the URL's host; the Host header, TLS SNI and the certificate check keep the host's name. A redirect
+    is not followed (its target was never checked): its 3xx status is the answer. Returns the HTTP status."""
+    parts = urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout_s)
+    # http.client opens its socket through this hook, with (host, port): the checked address takes the host's place.
+    connection._create_connection = lambda host_port, *rest: socket.create_connection((address, host_port[1]), *rest)
+    try:
+        target = parts.path or "/"
+        connection.request("POST", f"{target}?{parts.query}" if parts.query else target, body=body, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()

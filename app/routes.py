@@ -94,14 +94,7 @@ async def submit_edit(request: Request, response: Response, tenant: Tenant = Dep
     declared_length = int(request.headers.get("content-length") or 0)
     if declared_length > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise _upload_too_large(settings.max_upload_bytes)
-    queue: Queue = request.app.state.queue
-    if queue.count >= settings.max_queued_jobs:
-        raise ApiError(
-            503,
-            ErrorCode.QUEUE_FULL,
-            f"{settings.max_queued_jobs} photos are already waiting; try again in a minute.",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
-        )
+    refuse_when_queue_full(request)
     form = await _read_form(request)
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
@@ -130,6 +123,19 @@ async def submit_edit(request: Request, response: Response, tenant: Tenant = Dep
             callback_base_url=_base_url(request) if callback_url else None,
         )
     )  # fmt: skip
+
+
+def refuse_when_queue_full(request: Request) -> None:
+    """503 queue_full while `CHINFIX_MAX_QUEUED_JOBS` jobs wait (back-pressure), before any work on the request."""
+    settings = request.app.state.settings
+    queue: Queue = request.app.state.queue
+    if queue.count >= settings.max_queued_jobs:
+        raise ApiError(
+            503,
+            ErrorCode.QUEUE_FULL,
+            f"{settings.max_queued_jobs} photos are already waiting; try again in a minute.",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+        )
 
 
 def queue_job(
@@ -299,6 +305,7 @@ async def submit_variant(
 ) -> JobAccepted:
     idempotency_key = idempotency_key_of(request)
     parent = await anyio.to_thread.run_sync(_existing_job, request, job_id, tenant)
+    refuse_when_queue_full(request)
     store = _store(request)
     try:
         form = await request.form(max_files=0, max_fields=len(VARIANT_FIELDS))

@@ -66,6 +66,11 @@ class WorkerView(BaseModel):
     name: str
     device: str | None = None
     missing_models: list[str] = Field(default_factory=list)
+    missing_optional_models: list[str] = Field(
+        default_factory=list,
+        description="absent models the worker edits without: the face parser (landmark neck mask instead), the "
+        "double-chin classifier (no image-space double-chin probability in the report)",
+    )
     unreadable_models: dict[str, str] = Field(
         default_factory=dict, description="present but failed to load: model name -> the loader's reason"
     )

@@ -49,12 +49,14 @@ def retry_delays(base_seconds: float, window_seconds: float) -> list[float]:
     return delays
 
 
-def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> None:
+def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
     """Refuse (CallbackRefused) a URL that is not https (plain http only to allowed hosts), or whose host
     resolves to a private, loopback, link-local or otherwise non-public address and is not allowed: the
     service must not be a way into its own network (server-side request forgery).
 
-    Called when the job is submitted and again before each delivery, since DNS answers change."""
+    Called when the job is submitted and again before each delivery, since DNS answers change. Returns the address
+    it checked: a delivery connects to that one, never to what the name resolves to a moment later (a DNS answer
+    that changes in between, "DNS rebinding", would otherwise lead the POST past the check)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("https", "http") or not host:
@@ -62,40 +64,57 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> None:
     allowed = host in {name.lower() for name in allowed_hosts}
     if parts.scheme == "http" and not allowed:
         raise CallbackRefused("callback_url must use https; plain http only to hosts in CHINFIX_CALLBACK_ALLOW.")
-    if allowed:
-        return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+        addresses = list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)))
     except (OSError, ValueError) as error:
         raise CallbackRefused(f"The host of callback_url, {host}, does not resolve ({error}).") from None
     for address in addresses:
-        if not ipaddress.ip_address(address.split("%", 1)[0]).is_global:
+        if not allowed and not ipaddress.ip_address(address.split("%", 1)[0]).is_global:
             raise CallbackRefused(
                 f"callback_url's host {host} resolves to {address}, a private or local address; "
                 "add the host to CHINFIX_CALLBACK_ALLOW if that is intended."
             )
+    return addresses[0]
 
 
 def schedule_callback(connection: redis.Redis, settings: Settings, job_id: str) -> bool:
     """Queue the first delivery of the callback of a job that just ended, once whoever calls: the worker that
-    finished it, or an API replica that found it lost. False when it was already queued."""
-    keys = RedisKeys(settings.key_prefix)
-    if not connection.set(keys.job_callback_scheduled(job_id), "1", nx=True, ex=settings.job_ttl_seconds):
-        return False
-    queue_delivery(connection, settings, job_id, attempt=1, delay_seconds=0.0)
-    return True
+    finished it, or an API replica that found it lost. False when it was already queued.
+
+    The marker and the delivery are written in one transaction that watches the marker: a Redis that drops in
+    between leaves neither, so the caller's retry queues it; two callers racing queue it once."""
+    marker = RedisKeys(settings.key_prefix).job_callback_scheduled(job_id)
+
+    def queue_first_delivery(pipe: redis.client.Pipeline) -> bool:
+        if pipe.exists(marker):
+            return False
+        # RQ starts the transaction (MULTI) itself, which must come before any queued command.
+        queue_delivery(connection, settings, job_id, attempt=1, delay_seconds=0.0, pipeline=pipe)
+        pipe.set(marker, "1", ex=settings.job_ttl_seconds)
+        return True
+
+    # redis-py runs it again after a WatchError, which is also what a connection lost during EXEC raises: the
+    # marker then tells whether that EXEC took effect.
+    return connection.transaction(queue_first_delivery, marker, value_from_callable=True)
 
 
 def queue_delivery(
-    connection: redis.Redis, settings: Settings, job_id: str, attempt: int, delay_seconds: float
+    connection: redis.Redis,
+    settings: Settings,
+    job_id: str,
+    attempt: int,
+    delay_seconds: float,
+    pipeline: redis.client.Pipeline | None = None,
 ) -> None:
+    """Queue one delivery attempt, now or after `delay_seconds`; into `pipeline`'s transaction when given."""
     queue = Queue(settings.callback_queue_name, connection=connection)
     arguments = {
         "args": (job_id, attempt),
         "job_timeout": int(settings.callback_timeout_seconds * 3) + 10,
         "result_ttl": 600,
         "failure_ttl": settings.job_ttl_seconds,
+        "pipeline": pipeline,
     }
     if delay_seconds > 0:
         queue.enqueue_in(timedelta(seconds=delay_seconds), DELIVER_FUNCTION, **arguments)

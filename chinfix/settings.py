@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     key_prefix: str = Field("chinfix", description="prefix of every Redis key chinfix writes")
     job_ttl_seconds: int = Field(86_400, ge=60, description="how long inputs, results and job records are kept")
     max_queued_jobs: int = Field(
-        1000, ge=1, description="while this many jobs wait, POST /edit answers 503 queue_full (back-pressure)"
+        1000,
+        ge=1,
+        description="while this many jobs wait, POST /edit and POST /jobs/{id}/variants answer 503 queue_full (back-pressure)",
     )
     job_timeout_seconds: int = Field(900, ge=10, description="a job running longer than this fails with job_timeout")
     lease_seconds: int = Field(30, ge=3, description="a running job whose worker is silent this long is worker_lost")

@@ -123,11 +123,12 @@ def test_page_edits_a_photo_and_the_slider_moves_between_before_and_after(
 def test_page_shows_the_quality_facts_of_the_real_pipeline(
     isolated_env: dict[str, str], tmp_path: Path, browser: webdriver.Chrome
 ) -> None:
-    build_tiny_model_store(Path(isolated_env["CHINFIX_MODEL_DIR"]))
+    build_tiny_model_store(Path(isolated_env["CHINFIX_MODEL_DIR"]), with_classifier=True)
     with api_and_worker({**isolated_env, **FEW_STEPS}, tmp_path) as (base_url, worker):
         edit_in_page(browser, base_url, PORTRAITS[4], "warp")
         facts = browser.find_element(By.ID, "quality").text
-        for name in ("identity similarity", "neck LPIPS", "neck PSNR", "pixels changed", "chin score before / after"):
+        for name in ("identity similarity", "neck LPIPS", "neck PSNR", "pixels changed", "chin score before / after",
+                     "double-chin probability before / after"):  # fmt: skip
             assert name in facts, facts
         # Random LPIPS weights put the neck over the threshold; the report policy keeps the edit.
         assert "Quality check failed (edited photo returned)" in browser.find_element(By.ID, "gate-verdict").text

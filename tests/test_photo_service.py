@@ -108,7 +108,7 @@ def test_a_heic_goes_through_the_same_header_checks(api_server: str) -> None:
 def test_every_face_and_a_sideways_photo_through_the_real_pipeline(
     isolated_env: dict[str, str], api_server: str, tmp_path: Path
 ) -> None:
-    build_tiny_model_store(Path(isolated_env["CHINFIX_MODEL_DIR"]))
+    build_tiny_model_store(Path(isolated_env["CHINFIX_MODEL_DIR"]), with_classifier=True)
     worker = start_worker({**isolated_env, **FEW_STEPS}, tmp_path)
     portraits = [decode_image(PORTRAITS[index].read_bytes(), LIMITS).rgb for index in (4, 5)]
     halves = [cv2.resize(portrait, (512, 512), interpolation=cv2.INTER_AREA) for portrait in portraits]
@@ -126,6 +126,10 @@ def test_every_face_and_a_sideways_photo_through_the_real_pipeline(
         edited_faces = [face for face in report["faces"] if not face["skipped"]]
         assert len(edited_faces) == 2, report["faces"]
         assert all(face["alpha"] < 0 and "inversion" in face for face in edited_faces)
+        # Each face has its own quality facts, the classifier's probabilities among them.
+        for face in edited_faces:
+            probability = face["quality"]["double_chin_probability"]
+            assert set(probability) == {"before", "after"} and all(0.0 <= value <= 1.0 for value in probability.values())
         skipped = [face for face in report["faces"] if face["skipped"]]
         assert len(skipped) == 1 and "too small" in skipped[0]["reason"], report["faces"]  # the 96-px face
         edited = np.asarray(Image.open(io.BytesIO(result.content)).convert("RGB"))

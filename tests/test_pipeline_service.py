@@ -24,7 +24,7 @@ from worker.models.bisenet import load_bisenet
 from worker.pipeline.align import AlignmentTransform
 from worker.pipeline.compose import warp_mask_to_photo
 from worker.pipeline.masks import MaskSource, neck_mask_from_parsing, parse_face
-from worker.registry import DIFFUSE_PERCEPTUAL, FACE_PARSING, FINE_BOUNDARY, GENERATOR, LANDMARK_MODELS, PERCEPTUAL
+from worker.registry import DIFFUSE_PERCEPTUAL, DOUBLE_CHIN_CLASSIFIER, FACE_PARSING, FINE_BOUNDARY, GENERATOR, LANDMARK_MODELS, PERCEPTUAL
 
 INVERT_STEPS = 3
 FEW_STEPS = {
@@ -126,11 +126,15 @@ def test_without_a_face_parser_the_neck_mask_comes_from_landmarks(
     worker = start_worker({**isolated_env, **FEW_STEPS}, tmp_path)
     try:
         readiness = wait_for_worker(api_server)
-        # The parser is optional: its absence leaves the worker ready.
+        # The parser and the double-chin classifier are optional: their absence leaves the worker ready.
         assert readiness["ready"] is True and readiness["workers"][0]["missing_models"] == []
+        assert readiness["workers"][0]["missing_optional_models"] == [FACE_PARSING, DOUBLE_CHIN_CLASSIFIER]
         job = wait_for_job(api_server, submit(api_server, PORTRAITS[3], refine="warp"), {"succeeded", "failed"})
         assert job["status"] == "succeeded", (job, worker.output())
         assert job["report"]["mask_source"] == MaskSource.LANDMARKS
+        quality = job["report"]["quality"]
+        assert quality["double_chin_probability"] is None
+        assert DOUBLE_CHIN_CLASSIFIER in quality["unmeasured"]["double_chin_probability"]
     finally:
         worker.stop()
 

@@ -17,7 +17,7 @@ from model_store.store import ModelStore
 from tests.service_harness import PORTRAITS, SEED_DATA, api_and_worker, wait_for_job
 from tests.test_pipeline_service import FEW_STEPS, input_rgb
 from tests.test_service import submit
-from tests.tiny_models import build_tiny_model_store
+from tests.tiny_models import TINY_CLASSIFIER_BLOCKS, build_tiny_model_store
 from worker.models.face_identity import load_face_describer
 from worker.models.landmarks import load_dlib_landmarker
 from worker.models.lpips import build_random_lpips
@@ -31,7 +31,8 @@ from worker.pipeline.quality import (
     masked_psnr,
     neck_fit,
 )
-from worker.registry import FACE_RECOGNITION, ModelRegistry
+from worker.registry import DOUBLE_CHIN_CLASSIFIER, FACE_RECOGNITION, ModelRegistry
+from worker.training.classifier import DoubleChinClassifier, double_chin_probabilities
 
 REFERENCE = SEED_DATA / "reference"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="the seed reference images are not beside the checkout")
@@ -129,6 +130,10 @@ def test_an_edit_that_passes_comes_back_edited_with_its_facts(tiny_registry: Mod
     left, top, right, bottom = area["mask_box"]
     rows, cols = np.nonzero(changed)
     assert left <= cols.min() and cols.max() < right and top <= rows.min() and rows.max() < bottom
+    # This store has no double-chin classifier: the probability is null, and the report says why.
+    assert quality["double_chin_probability"] is None
+    assert list(quality["unmeasured"]) == ["double_chin_probability"]
+    assert DOUBLE_CHIN_CLASSIFIER in quality["unmeasured"]["double_chin_probability"]
 
 
 @needs_portraits
@@ -170,3 +175,46 @@ def test_a_failed_gate_fails_the_job_with_low_quality_and_keeps_the_report(
         assert job["error"]["code"] == "low_quality" and "CHINFIX_MAX_NECK_LPIPS=0" in job["error"]["message"]
         assert job["report"]["quality"]["passed"] is False
         assert job["report"]["quality"]["thresholds"]["max_neck_lpips"] == 0
+
+
+def passing_aligned_edit(registry: ModelRegistry, photo: np.ndarray):
+    """The edit of a photo's face returned as the aligned crop, with the original crop among the debug images."""
+    gate = QualityGate(min_identity=-1.0, max_neck_lpips=1e9)
+    return run_with_gate(registry, gate, photo, debug=True, **{"return": ReturnKind.ALIGNED})
+
+
+@needs_portraits
+def test_the_double_chin_probability_is_the_classifiers_on_the_original_and_the_returned_crop(
+    tmp_path: Path,
+) -> None:
+    build_tiny_model_store(tmp_path, with_classifier=True)
+    registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu", invert_steps=3, diffuse_steps=3))
+    assert registry.double_chin_classifier is not None and registry.missing_optional == []
+    result = passing_aligned_edit(registry, input_rgb(PORTRAITS[4]))
+    quality = result.report["quality"]
+    assert quality["unmeasured"] == {}
+    probability = quality["double_chin_probability"]
+    assert set(probability) == {"before", "after"}
+    assert all(isinstance(value, float) and 0.0 <= value <= 1.0 for value in probability.values())
+    original_crop, edited_crop = result.debug_images["aligned"], result.image
+    assert not np.array_equal(original_crop, edited_crop)
+    direct = double_chin_probabilities(registry.double_chin_classifier, registry.face_parser, [original_crop, edited_crop])
+    assert probability == {"before": pytest.approx(direct[0], abs=1e-4), "after": pytest.approx(direct[1], abs=1e-4)}
+
+
+def logit(probability: float) -> float:
+    return float(np.log(probability / (1.0 - probability)))
+
+
+@needs_portraits
+def test_the_probability_comes_from_the_model_stores_classifier(tmp_path: Path) -> None:
+    """A classifier in the seed's file layout whose last layer ignores the image and answers 0.8 for 'double chin'."""
+    store = build_tiny_model_store(tmp_path)
+    classifier = DoubleChinClassifier(blocks=TINY_CLASSIFIER_BLOCKS)
+    with torch.no_grad():
+        classifier.network.fc.weight.zero_()
+        classifier.network.fc.bias.copy_(torch.tensor([logit(0.3), logit(0.8)]))
+    torch.save({"iteration": 7, "model": classifier.network.state_dict()}, store.path(DOUBLE_CHIN_CLASSIFIER))
+    registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu", invert_steps=3, diffuse_steps=3))
+    quality = passing_aligned_edit(registry, input_rgb(PORTRAITS[0])).report["quality"]
+    assert quality["double_chin_probability"] == {"before": 0.8, "after": 0.8} and quality["unmeasured"] == {}

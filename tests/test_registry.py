@@ -23,14 +23,33 @@ def test_fp16_is_nvidias_setting_on_cuda_and_float32_elsewhere() -> None:
 def test_a_complete_store_loads_every_model(tmp_path: Path) -> None:
     build_tiny_model_store(tmp_path, with_parser=False)
     registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu", precision="fp16"))
-    assert registry.missing == [] and registry.missing_optional == ["face_parsing_bisenet"]
+    assert registry.missing == [] and registry.missing_optional == ["face_parsing_bisenet", "double_chin_classifier"]
+    assert registry.double_chin_classifier is None
     registry.require_complete()
     assert registry.generator is not None and registry.fine_boundary.num_ws == registry.generator.num_ws
     assert not any(block.use_fp16 for block in registry.generator.synthesis.blocks())
     # The projector's statistics of W, once per loaded generator rather than per job.
     expected = w_statistics(registry.generator)
     assert torch.equal(registry.w_stats.w_avg, expected.w_avg) and registry.w_stats.w_std == expected.w_std
-    assert registry.describe() == {"device": "cpu", "missing_models": [], "unreadable_models": {}}
+    assert registry.describe() == {
+        "device": "cpu",
+        "missing_models": [],
+        "missing_optional_models": ["face_parsing_bisenet", "double_chin_classifier"],
+        "unreadable_models": {},
+    }
+
+
+def test_the_optional_classifier_loads_when_present_and_an_unreadable_one_leaves_the_worker_ready(tmp_path: Path) -> None:
+    store = build_tiny_model_store(tmp_path, with_classifier=True)
+    registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu"))
+    assert registry.double_chin_classifier is not None and registry.describe()["missing_optional_models"] == []
+    assert registry.double_chin_classifier.network.fc.out_features == 2
+
+    store.path("double_chin_classifier").write_bytes(b"not a checkpoint")
+    registry = ModelRegistry.load(Settings(model_dir=tmp_path, device="cpu"))
+    registry.require_complete()
+    assert registry.double_chin_classifier is None and registry.missing_optional == ["double_chin_classifier"]
+    assert "double_chin_classifier" in registry.describe()["unreadable_models"]
 
 
 def test_an_empty_store_names_every_required_model(tmp_path: Path) -> None:

@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from worker.models.bisenet import FaceClass
 from worker.training.classifier import (
     DoubleChinClassifier,
     TrainConfig,
+    band_at_side,
     blocks_of,
+    centre_square,
     load_classifier,
+    neck_band_512,
     read_classifier_state,
     train_classifier,
 )
@@ -79,7 +83,32 @@ def test_training_checkpoints_every_epoch_and_resumes(tmp_path: Path) -> None:
 
     resumed = load_classifier(output).requires_grad_(True)
     assert resumed.input_size == side
+    # under the model store's name (the seed's classification_model.pth) it loads as well
+    output.with_name("classification_model.pth").write_bytes(output.read_bytes())
+    assert load_classifier(output.with_name("classification_model.pth")).input_size == side
     assert len(train_classifier(resumed, images, masks, labels, replace(config, epochs=3), output, first_epoch=3)) == 1
     history = json.loads(output.with_suffix(".json").read_text())
     assert [entry["epoch"] for entry in history] == [1, 2, 3]
     assert read_classifier_state(output)[1]["epoch"] == "3"
+
+
+def test_the_neck_band_is_found_at_512_and_halved_for_the_256_px_input() -> None:
+    """The seed's get_simple_neck_mask: rows from the neck's centre minus 0.65 of its height down, at the parser's
+    512 px; its Dataset then resizes the 0/255 band to 256 with PIL's bilinear filter and keeps anything above 0."""
+    class_map = np.zeros((512, 512), np.uint8)
+    class_map[300:401, 200:300] = FaceClass.NECK
+    class_map[100:300, 150:350] = FaceClass.SKIN
+    band = neck_band_512(class_map)
+    first_row = 350 - int(100 * 1.3) // 2
+    assert band[first_row:].all() and not band[:first_row].any()
+    at_256 = band_at_side(band, 256)
+    rows = np.flatnonzero(at_256.any(axis=1))
+    assert at_256.dtype == np.float32 and at_256[rows].all()
+    assert rows[-1] == 255 and abs(rows[0] - first_row / 2) <= 1.5, "the band starts half as far down at 256 px"
+    assert not neck_band_512(np.zeros((512, 512), np.uint8)).any(), "no neck, no band (the classifier sees zeros)"
+
+
+def test_a_face_that_is_not_square_is_cut_to_its_centred_square() -> None:
+    image = np.arange(6 * 10).reshape(6, 10)
+    assert np.array_equal(centre_square(image), image[:, 2:8])
+    assert np.array_equal(centre_square(image.T), image.T[2:8])

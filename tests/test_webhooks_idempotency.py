@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import ipaddress
 import json
+import socket
+import ssl
 import sys
 import threading
 import time
@@ -17,8 +20,11 @@ import httpx
 import numpy as np
 import pytest
 import redis
+import trustme
 
+from app.callbacks import post_signed
 from chinfix.callbacks import retry_delays, signature_header
+from chinfix.settings import Settings
 from tests.conftest import remove_namespace
 from tests.service_harness import PORTRAITS, RunningProcess, api_and_worker, start_api, start_worker, wait_for_job
 from tests.service_inputs import jpeg_bytes
@@ -40,11 +46,13 @@ def verify_signature(header: str, body: bytes, secret: str, tolerance_s: int = 3
 
 
 class Receiver:
-    """A loopback HTTP server that answers the given statuses in turn and records what it received."""
+    """A loopback HTTP server (HTTPS with `tls`) that answers the given statuses in turn and records what it
+    received, and the TLS server names (SNI) its clients asked for."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], tls: ssl.SSLContext | None = None) -> None:
         self.statuses = statuses
         self.received: list[tuple[dict[str, str], bytes]] = []
+        self.server_names: list[str | None] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,12 +67,19 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            tls.sni_callback = lambda connection, name, context: self.server_names.append(name)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/chinfix"
+        return f"http://127.0.0.1:{self.port}/hooks/chinfix"
 
     def wait_for(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -173,6 +188,82 @@ def test_callback_urls_into_private_networks_are_refused(webhook_env: dict[str, 
         api.stop()
 
 
+class ChangingResolver:
+    """`socket.getaddrinfo` whose answers for `name` change: `answers` in turn, then the last one for good, as a
+    DNS server under an attacker's control serves them; other hosts resolve as usual."""
+
+    def __init__(self, name: str, answers: list[str]) -> None:
+        self.name = name
+        self.answers = answers
+        self.calls = 0
+        self.resolve = socket.getaddrinfo
+
+    def __call__(self, host: str, port: object, *args: object, **kwargs: object) -> list:
+        if host != self.name:
+            return self.resolve(host, port, *args, **kwargs)
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        return self.resolve(answer, port, *args, **kwargs)
+
+
+@pytest.fixture
+def test_authority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
+    """A certificate authority that this process's default TLS contexts trust (SSL_CERT_FILE)."""
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(tmp_path / "authority.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "authority.pem"))
+    return authority
+
+
+def https_receiver(authority: trustme.CA, certified_name: str) -> Receiver:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert(certified_name).configure_cert(context)
+    return Receiver([200], tls=context)
+
+
+def test_a_delivery_connects_to_the_address_it_checked(
+    test_authority: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name resolves to a public address for the check, then to loopback. The POST must go to
+    the public address that was checked (here it cannot complete), never to the receiver on loopback."""
+    name, public_address = "hooks.rebinding.test", "192.88.99.1"
+    assert ipaddress.ip_address(public_address).is_global
+    receiver = https_receiver(test_authority, name)
+    resolver = ChangingResolver(name, [public_address, "127.0.0.1"])
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    try:
+        status, error = post_signed(
+            f"https://{name}:{receiver.port}/hook", b"{}", "0" * 32, SECRET, Settings(callback_timeout_seconds=2)
+        )
+    finally:
+        receiver.close()
+    assert (receiver.received, receiver.server_names) == ([], []), "the receiver behind the second answer was reached"
+    assert status is None and error, (status, error)
+    assert resolver.calls == 1
+
+
+def test_a_pinned_delivery_keeps_the_host_name_for_tls_and_host(
+    test_authority: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "hooks.pinned.test"
+    settings = Settings(callback_allow=(name,), callback_timeout_seconds=5)
+    resolver = ChangingResolver(name, ["127.0.0.1"])
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    receiver, impostor = https_receiver(test_authority, name), https_receiver(test_authority, "another.test")
+    try:
+        assert post_signed(f"https://{name}:{receiver.port}/hook?x=1", b"{}", "0" * 32, SECRET, settings) == (200, None)
+        status, error = post_signed(f"https://{name}:{impostor.port}/hook", b"{}", "0" * 32, SECRET, settings)
+    finally:
+        receiver.close()
+        impostor.close()
+    (headers, body), = receiver.received
+    assert headers["Host"] == f"{name}:{receiver.port}" and receiver.server_names == [name]
+    assert verify_signature(headers["Chinfix-Signature"], body, SECRET)
+    assert status is None and "certificate" in error.lower(), error  # checked against the name, not the address
+    assert impostor.received == []
+    assert resolver.calls == 2, "one resolution per delivery: the check's"
+
+
 def test_a_callback_needs_the_tenants_webhook_secret(isolated_env: dict[str, str], api_server: str) -> None:
     response = submit(api_server, jpeg_bytes(smooth_rgb(120, 160)), callback_url="https://example.com/hook")
     assert response.status_code == 422 and "CHINFIX_WEBHOOK_SECRETS" in response.json()["error"]["message"]
@@ -258,6 +349,27 @@ def test_a_variant_needs_a_finished_inversion(isolated_env: dict[str, str], tmp_
         assert response.status_code == 409 and response.json()["error"]["code"] == "variant_unavailable"
         missing = httpx.post(f"{base_url}/jobs/{'0' * 32}/variants", data={"strength": "0.3"}, timeout=30)
         assert missing.status_code == 404
+
+
+def test_a_variant_is_refused_while_the_queue_is_full(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**isolated_env, **STUB, "CHINFIX_MAX_QUEUED_JOBS": "1"}
+    api, base_url = start_api(env, tmp_path)
+    try:
+        worker = start_worker(env, tmp_path)
+        try:
+            job_id = submit(base_url, jpeg_bytes(smooth_rgb(120, 160))).json()["id"]
+            assert wait_for_job(base_url, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+        finally:
+            worker.stop()
+        variants_url = f"{base_url}/jobs/{job_id}/variants"
+        # The stub inverts nothing: with room in the queue the variant reaches the inversion check.
+        assert httpx.post(variants_url, data={"strength": "0.3"}, timeout=30).status_code == 409
+        assert submit(base_url, jpeg_bytes(smooth_rgb(120, 160))).status_code == 202  # no worker: it waits
+        refused = httpx.post(variants_url, data={"strength": "0.3"}, timeout=30)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full", refused.text
+        assert refused.headers["retry-after"] == "60"
+    finally:
+        api.stop()
 
 
 def test_a_variant_of_another_tenants_job_does_not_exist(isolated_env: dict[str, str], tmp_path: Path) -> None:

@@ -31,10 +31,14 @@ STAGE_COLUMNS = [f"{stage.value}_ms" for stage in Stage]
 COLUMNS = [
     "photo", "refine", "strength", "status", "error_code", "error_message",
     "quality_passed", "quality_reasons", "identity_similarity", "neck_lpips", "neck_psnr_db",
-    "changed_pixels", "changed_share", "mask_box", "score_before", "score_after", "alpha", "mask_source",
+    "changed_pixels", "changed_share", "mask_box", "score_before", "score_after", "alpha",
+    "double_chin_probability_before", "double_chin_probability_after", "mask_source",
     *STAGE_COLUMNS, "quality_ms", "total_ms",
 ]  # fmt: skip
-SUMMARY_FACTS = ("identity_similarity", "neck_lpips", "neck_psnr_db", "changed_share", "total_ms")
+SUMMARY_FACTS = (
+    "identity_similarity", "neck_lpips", "neck_psnr_db", "changed_share",
+    "double_chin_probability_before", "double_chin_probability_after", "total_ms",
+)  # fmt: skip
 IMAGE_NAMES = ("original", "edited", "soft_mask", "difference")
 
 EditFunction = Callable[[np.ndarray, EditOptions], Any]
@@ -65,21 +69,32 @@ def row_key(row: dict[str, str]) -> str:
 
 
 def read_metrics(report_dir: Path) -> list[dict[str, str]]:
+    """The rows of REPORT_DIR/metrics.csv, each with every column of COLUMNS (a report begun by an older chinfix
+    lacks the newer columns: they read as empty)."""
     path = report_dir / "metrics.csv"
     if not path.is_file():
         return []
     with path.open(newline="") as file:
-        return list(csv.DictReader(file))
+        return [{column: row.get(column) or "" for column in COLUMNS} for row in csv.DictReader(file)]
+
+
+def metrics_header(path: Path) -> list[str]:
+    with path.open(newline="") as file:
+        return next(csv.reader(file), [])
 
 
 def append_metrics(report_dir: Path, row: dict[str, Any]) -> None:
+    """Append a row; a file with other columns (an older chinfix's) is first rewritten with today's."""
     path = report_dir / "metrics.csv"
-    is_new = not path.is_file()
-    with path.open("a", newline="") as file:
+    if path.is_file() and metrics_header(path) == COLUMNS:
+        with path.open("a", newline="") as file:
+            csv.DictWriter(file, fieldnames=COLUMNS).writerow(row)
+        return
+    rows = [*read_metrics(report_dir), row]
+    with path.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        if is_new:
-            writer.writeheader()
-        writer.writerow(row)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def evaluate_case(case: EvalCase, edit: EditFunction, limits: ImageLimits, report_dir: Path) -> dict[str, Any]:
@@ -105,6 +120,7 @@ def report_columns(report: dict[str, Any]) -> dict[str, Any]:
     """The metrics columns of a successful edit's report."""
     quality = report.get("quality") or {}
     neck = quality.get("neck_fit") or {}
+    probability = quality.get("double_chin_probability") or {}
     area = quality.get("changed_area") or {}
     timings = report.get("timings_ms", {})
     return {
@@ -120,6 +136,8 @@ def report_columns(report: dict[str, Any]) -> dict[str, Any]:
         "score_before": report.get("score_before"),
         "score_after": report.get("score_after"),
         "alpha": report.get("alpha"),
+        "double_chin_probability_before": probability.get("before"),
+        "double_chin_probability_after": probability.get("after"),
         "mask_source": report.get("mask_source", ""),
         **{f"{stage}_ms": timings.get(stage) for stage in (stage.value for stage in Stage)},
         "quality_ms": quality.get("ms"),
@@ -217,7 +235,7 @@ def render_index(rows: list[dict[str, str]], report_dir: Path) -> str:
         f"<li>{_cell(row['photo'])} ({_cell(row['refine'])}, {_cell(row['strength'])}): <code>{_cell(row['error_code'])}</code> {_cell(row['error_message'])}</li>"
         for row in failures
     ) or "<li>none</li>"  # fmt: skip
-    fact_columns = ("quality_passed", "identity_similarity", "neck_lpips", "neck_psnr_db", "changed_pixels", "changed_share", "score_before", "score_after", "alpha")
+    fact_columns = ("quality_passed", "identity_similarity", "neck_lpips", "neck_psnr_db", "changed_pixels", "changed_share", "score_before", "score_after", "alpha", "double_chin_probability_before", "double_chin_probability_after")
     timing_columns = (*STAGE_COLUMNS, "quality_ms", "total_ms")
     body = []
     for row in rows:

@@ -148,7 +148,7 @@ def edit(store: JobStore, job_id: str, registry: ModelRegistry, retry: RedisRetr
             )
         result = registry.edit_portrait(photo.rgb, options, registry, progress, reuse=inversion_from_bytes(reused))
     else:
-        code_bytes = store.load_code(job_id)
+        code_bytes = retry(lambda: store.load_code(job_id), f"reading the code of job {job_id}")
         # Passed only when sent, so pipelines that never take a code (CHINFIX_PIPELINE plug-ins) keep working.
         code = {"code": read_code(code_bytes)} if code_bytes is not None else {}
         result = registry.edit_portrait(photo.rgb, options, registry, progress, **code)

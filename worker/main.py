@@ -1,28 +1,22 @@
-"""`chinfix worker`: load the models once, then drain the queue in this process (no fork per job).
-
-RQ's loop gives up ("unhandled exception, quitting") when Redis fails under its own bookkeeping around a job.
-A Redis outage is no reason for a GPU worker with loaded models to exit: `run_worker` waits for Redis to come
-back and starts the loop again, until a signal asks it to stop.
-"""
+"""`chinfix worker`: load the models once, then drain the queue in this process (no fork per job), riding out
+Redis outages (`worker.job_threads.work_through_outages`) until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
-import signal
 import socket
 import secrets
 import threading
 
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from chinfix.contract import RedisKeys
 from chinfix.jobs import connect_redis
 from chinfix.settings import Settings
-from worker.job_threads import run_job_threads
+from worker.job_threads import InProcessWorker, run_job_threads, stop_on_signals, work_through_outages
 from worker.registry import ModelRegistry, activate
 
 log = logging.getLogger("chinfix.worker")
@@ -64,32 +58,6 @@ class WorkerHeartbeat:
             log.warning("could not remove the heartbeat %s; it expires by itself", self.key)
 
 
-class QueueWorker(SimpleWorker):
-    """RQ's in-process worker that remembers whether a signal asked it to stop."""
-
-    stop_signalled = False
-
-    def request_stop(self, signum, frame) -> None:
-        self.stop_signalled = True
-        super().request_stop(signum, frame)
-
-
-def wait_for_redis(connection: redis.Redis, longest_wait_s: float = 5.0) -> bool:
-    """Ping Redis with backoff until it answers (True) or SIGINT/SIGTERM arrives (False)."""
-    stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
-    wait = 1.0
-    while not stopping.wait(wait):
-        try:
-            connection.ping()
-            return True
-        except redis.RedisError as error:
-            log.warning("waiting for Redis: %s", error)
-            wait = min(wait * 2, longest_wait_s)
-    return False
-
-
 def run_worker(settings: Settings, burst: bool = False) -> int:
     connection = connect_redis(settings)
     registry = ModelRegistry.load(settings)
@@ -116,13 +84,10 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
         if settings.worker_batch > 1:
             run_job_threads(registry, queues, name, settings.worker_batch, settings.batch_wait_ms / 1000.0, burst)
             return 0
-        for generation in itertools.count():
-            # A fresh RQ name per run: the last run may have quit without unregistering from a Redis that was down.
-            worker = QueueWorker(queues, connection=connection, name=f"{name}-{generation}")
-            worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
-            if burst or worker.stop_signalled:
-                break
-            log.warning("the queue loop stopped (Redis failed under it); starting it again once Redis answers")
-            if not wait_for_redis(connection):
-                break
+        with stop_on_signals() as stopping:
+            work_through_outages(
+                lambda generation: InProcessWorker(queues, connection=connection, name=f"{name}-{generation}", stopping=stopping),
+                stopping,
+                burst,
+            )
     return 0

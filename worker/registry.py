@@ -18,6 +18,7 @@ from model_store.store import ModelStore
 from worker.models.stylegan2 import NVIDIA_FP16_RESOLUTIONS
 from worker.pipeline.invert import project
 from worker.pipeline.refine import refine_diffuse_crop
+from worker.training.directory import TrainingError
 
 log = logging.getLogger("chinfix.worker")
 
@@ -28,6 +29,7 @@ DIFFUSE_PERCEPTUAL = "vgg16_perceptual"
 FACE_PARSING = "face_parsing_bisenet"
 POSE_BOUNDARY = "pose_yaw_boundary"
 FACE_RECOGNITION = "dlib_face_recognition"
+DOUBLE_CHIN_CLASSIFIER = "double_chin_classifier"
 LANDMARK_MODELS = {"dlib": ("dlib_landmarks",), "fan": ("fan_landmarks", "fan_face_detector")}
 
 
@@ -74,7 +76,8 @@ def import_function(path: str) -> Callable[..., Any]:
 class ModelRegistry:
     """Every model a worker uses, loaded once. A model whose files are absent is None and named in `missing`.
 
-    The face parser is optional (the pipeline falls back to a landmark neck mask); the pose boundary is loaded,
+    The face parser is optional (the pipeline falls back to a landmark neck mask), and so is the double-chin
+    classifier (without it the report's image-space double-chin probability is null); the pose boundary is loaded,
     and required, only with CHINFIX_CONDITION_POSE (off, as in the seed); everything else is required for an edit.
     """
 
@@ -97,6 +100,8 @@ class ModelRegistry:
     diffuser: Callable[..., Any] = refine_diffuse_crop
     """`refine_diffuse_crop`, or a `worker.batcher.BatchingDiffuser` that shares GPU batches with concurrent jobs."""
     face_describer: Any | None = None
+    double_chin_classifier: torch.nn.Module | None = None
+    """The seed's ResNeXt double-chin classifier (`worker.training.classifier`), for the quality facts."""
     missing: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
@@ -123,6 +128,7 @@ class ModelRegistry:
         from worker.models.vgg16 import load_seed_perceptual_vgg16
         from worker.pipeline.edit import load_fine_boundary, load_pose_normal
         from worker.pipeline.invert import w_statistics
+        from worker.training.classifier import load_classifier
 
         backend = self.settings.landmark_backend
         fp16_resolutions, channels_last = generator_precision(self.settings.precision, self.device)
@@ -151,13 +157,16 @@ class ModelRegistry:
         if self.settings.condition_pose:
             self.pose_normal = self._load((POSE_BOUNDARY,), load_pose_normal)
         self.face_describer = self._load((FACE_RECOGNITION,), load_face_describer)
+        self.double_chin_classifier = self._load(
+            (DOUBLE_CHIN_CLASSIFIER,), lambda path: load_classifier(path, self.device), optional=True
+        )
 
     def _load(self, names: tuple[str, ...], loader: Callable[..., Any], optional: bool = False) -> Any | None:
         absent = self.store.missing(list(names))
         if not absent:
             try:
                 return loader(*(self.store.path(name) for name in names))
-            except (ChinfixError, OSError, ValueError, RuntimeError, KeyError) as error:
+            except (ChinfixError, TrainingError, OSError, ValueError, RuntimeError, KeyError) as error:
                 log.exception("could not load %s; treating it as missing", ", ".join(names))
                 absent = list(names)
                 self.unreadable.update({name: str(error) for name in names})
@@ -183,7 +192,12 @@ class ModelRegistry:
 
     def describe(self) -> dict[str, Any]:
         """For the heartbeat and /readyz."""
-        return {"device": str(self.device), "missing_models": list(self.missing), "unreadable_models": self.unreadable}
+        return {
+            "device": str(self.device),
+            "missing_models": list(self.missing),
+            "missing_optional_models": list(self.missing_optional),
+            "unreadable_models": self.unreadable,
+        }
 
 
 def load_configured_boundary(settings: Settings) -> Any:

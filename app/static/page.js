@@ -77,6 +77,7 @@ const FACTS = [
   ["pixels changed", (q) => q.changed_area && q.changed_area.pixels],
   ["share of the photo", (q) => q.changed_area && `${(q.changed_area.share * 100).toFixed(2)}%`],
   ["mask box", (q) => q.changed_area && q.changed_area.mask_box && q.changed_area.mask_box.join(", ")],
+  ["double-chin probability before / after", (q) => q.double_chin_probability && `${q.double_chin_probability.before} / ${q.double_chin_probability.after}`],
 ];
 
 function showReport(report) {

@@ -124,10 +124,15 @@ class NeckMasks:
     class_map_512: np.ndarray | None = None
 
 
+def pil_bilinear_resize(image: np.ndarray, side: int) -> np.ndarray:
+    """HxW or HxWx3 uint8 → side x side, resized with PIL's BILINEAR as the seed's code does (the parser's
+    `test.py`, scipy's `imresize`). PIL widens the filter when shrinking, so this is not cv2's INTER_LINEAR."""
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
+
+
 def parser_input(aligned_rgb: np.ndarray) -> np.ndarray:
-    """SxSx3 uint8 RGB → 512x512x3 uint8 RGB, resized with PIL's BILINEAR as the parser's `test.py` does
-    (PIL widens the filter when shrinking, so this is not cv2's INTER_LINEAR)."""
-    return np.asarray(Image.fromarray(aligned_rgb).resize((PARSE_SIDE, PARSE_SIDE), Image.BILINEAR))
+    """SxSx3 uint8 RGB → 512x512x3 uint8 RGB, as the parser's `test.py` resizes it."""
+    return pil_bilinear_resize(aligned_rgb, PARSE_SIDE)
 
 
 def parse_face(parser: nn.Module, aligned_rgb: np.ndarray) -> np.ndarray:

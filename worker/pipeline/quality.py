@@ -8,7 +8,11 @@ Facts (the job report's `quality`):
   generator explains this neck before any edit. An edit of a neck it cannot reproduce is an edit of
   something else;
 - `changed_area`: pixels of the returned image that differ from the input, their share, and the box of the
-  mask's footprint in the returned image.
+  mask's footprint in the returned image;
+- `double_chin_probability`: the seed's double-chin classifier on the original and on the edited aligned crop,
+  when the model store has the classifier (and the face parser its input needs).
+
+A fact that is null is in `unmeasured`, with the reason.
 
 The gate compares the first two with CHINFIX_MIN_IDENTITY and CHINFIX_MAX_NECK_LPIPS and, under
 CHINFIX_QUALITY_POLICY, returns the input unchanged, fails the job with `low_quality`, or only reports.
@@ -30,6 +34,8 @@ from chinfix.errors import LowQualityError
 from worker.models.face_identity import cosine_similarity
 from worker.pipeline.compose import warp_mask_to_photo
 from worker.pipeline.invert import targets_from_rgb
+from worker.registry import DOUBLE_CHIN_CLASSIFIER, FACE_PARSING
+from worker.training.classifier import double_chin_probabilities
 
 if TYPE_CHECKING:
     from chinfix.settings import Settings
@@ -42,6 +48,7 @@ MIN_PERCEPTUAL_SIDE = 32
 """VGG16 halves the image four times before its last LPIPS stage: a smaller box is enlarged to this."""
 PSNR_CAP_DB = 100.0
 """PSNR of identical pixels is infinite, which JSON cannot carry."""
+LEFT_ALONE = "the photo was left alone"
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,15 @@ def assess_edit(registry: ModelRegistry, gate: QualityGate, evidence: EditEviden
     else:
         mask_weights = warp_mask_to_photo(evidence.transform, evidence.soft_mask, evidence.edited_image.shape)
     reasons = gate.reasons(identity, fit["lpips"])
+    unmeasured: dict[str, str] = {}
+    probability = None
+    why_no_probability = missing_classifier_input(registry)
+    if why_no_probability is None:
+        probability = double_chin_probability(
+            registry.double_chin_classifier, registry.face_parser, evidence.original_crop, evidence.edited_crop
+        )
+    else:
+        unmeasured["double_chin_probability"] = why_no_probability
     report = {
         "passed": not reasons,
         "reasons": reasons,
@@ -129,6 +145,8 @@ def assess_edit(registry: ModelRegistry, gate: QualityGate, evidence: EditEviden
         "identity_similarity": round(identity, 4),
         "neck_fit": fit,
         "changed_area": changed_area(evidence.unedited_image, evidence.edited_image, mask_weights),
+        "double_chin_probability": probability,
+        "unmeasured": unmeasured,
         "thresholds": {"min_identity": gate.min_identity, "max_neck_lpips": gate.max_neck_lpips},
         "ms": round((time.perf_counter() - start) * 1000.0, 1),
     }
@@ -145,6 +163,8 @@ def unedited_quality(gate: QualityGate) -> dict[str, Any]:
         "identity_similarity": None,
         "neck_fit": None,
         "changed_area": {"pixels": 0, "share": 0.0, "mask_box": None},
+        "double_chin_probability": None,
+        "unmeasured": dict.fromkeys(("identity_similarity", "neck_fit", "double_chin_probability"), LEFT_ALONE),
         "thresholds": {"min_identity": gate.min_identity, "max_neck_lpips": gate.max_neck_lpips},
     }
 
@@ -152,6 +172,23 @@ def unedited_quality(gate: QualityGate) -> dict[str, Any]:
 def identity_similarity(describer: Any, original_crop: np.ndarray, edited_crop: np.ndarray, landmarks: np.ndarray) -> float:
     """Cosine similarity of the face descriptors of two SxSx3 uint8 RGB crops, both cut with the same 68x2 landmarks."""
     return cosine_similarity(describer.descriptor(original_crop, landmarks), describer.descriptor(edited_crop, landmarks))
+
+
+def missing_classifier_input(registry: ModelRegistry) -> str | None:
+    """Why the double-chin probability cannot be measured by this worker; None when it can."""
+    if registry.double_chin_classifier is None:
+        return f"the model store has no {DOUBLE_CHIN_CLASSIFIER} (optional): `chinfix models pull {DOUBLE_CHIN_CLASSIFIER}`"
+    if registry.face_parser is None:
+        return f"the double-chin classifier's input needs the face parser: `chinfix models pull {FACE_PARSING}`"
+    return None
+
+
+def double_chin_probability(
+    classifier: torch.nn.Module, parser: torch.nn.Module, original_crop: np.ndarray, edited_crop: np.ndarray
+) -> dict[str, float]:
+    """The classifier's double-chin probability of two SxSx3 uint8 RGB aligned crops, as one batch."""
+    before, after = double_chin_probabilities(classifier, parser, [original_crop, edited_crop])
+    return {"before": round(float(before), 4), "after": round(float(after), 4)}
 
 
 @torch.no_grad()

@@ -114,9 +114,17 @@ def blocks_of(state_dict: dict[str, torch.Tensor]) -> tuple[int, ...]:
     )
 
 
+def is_safetensors(path: Path) -> bool:
+    """By content, so `chinfix train classifier`'s file also serves under the model store's `.pth` name: a
+    safetensors file opens with its header's length (8 bytes, little-endian) and then the header's JSON."""
+    with path.open("rb") as file:
+        opening = file.read(9)
+    return len(opening) == 9 and opening[8:] == b"{" and int.from_bytes(opening[:8], "little") < path.stat().st_size
+
+
 def read_classifier_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(torchvision-named state dict, metadata) from a .safetensors file or the seed's .pth dict."""
-    if path.suffix == ".safetensors":
+    """(torchvision-named state dict, metadata) from a safetensors file or the seed's .pth dict."""
+    if is_safetensors(path):
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as file:
@@ -155,36 +163,68 @@ def save_classifier(model: DoubleChinClassifier, path: Path, epoch: int) -> None
 # --- inputs ---------------------------------------------------------------------------------------------------------
 
 
-def neck_band_mask(parser: nn.Module | None, image_rgb: np.ndarray) -> np.ndarray:
-    """SxSx3 uint8 RGB → SxS float32: 1 from a little above the parsed neck down to the bottom, else 0."""
+def neck_band_512(class_map_512: np.ndarray) -> np.ndarray:
+    """512x512 class map → 512x512 bool: every row from a little above the parsed neck to the bottom (the seed's
+    `get_simple_neck_mask`), nothing when there is no neck."""
     from worker.models.bisenet import FaceClass
-    from worker.pipeline.masks import parse_face
 
-    mask = np.zeros(image_rgb.shape[:2], np.float32)
-    rows = np.flatnonzero((parse_face(parser, image_rgb) == FaceClass.NECK).any(axis=1))
+    band = np.zeros(class_map_512.shape, bool)
+    rows = np.flatnonzero((class_map_512 == FaceClass.NECK).any(axis=1))
     if rows.size:
         top, bottom = int(rows[0]), int(rows[-1])
         centre, height = (top + bottom) // 2, int((bottom - top) * NECK_BAND_SCALE)
-        mask[max(0, centre - height // 2) :] = 1.0
-    return mask
+        band[max(0, centre - height // 2) :] = True
+    return band
+
+
+def band_at_side(band_512: np.ndarray, side: int) -> np.ndarray:
+    """512x512 bool → side x side float32 0/1 as the seed's Dataset resizes its mask: scipy's imresize (PIL's
+    BILINEAR) of the 0/255 mask, then anything above 0."""
+    from worker.pipeline.masks import pil_bilinear_resize
+
+    return (pil_bilinear_resize(band_512.astype(np.uint8) * 255, side) > 0).astype(np.float32)
+
+
+def neck_band_mask(parser: nn.Module, image_rgb: np.ndarray) -> np.ndarray:
+    """SxSx3 uint8 RGB → SxS float32 band mask, found at the parser's 512 px."""
+    from worker.pipeline.masks import parse_face
+
+    return band_at_side(neck_band_512(parse_face(parser, image_rgb)), image_rgb.shape[0])
+
+
+def centre_square(image: np.ndarray) -> np.ndarray:
+    """HxWx... → the centred SxS... crop, S = min(H, W) (the seed's Dataset crops before resizing)."""
+    side = min(image.shape[:2])
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    return image[top : top + side, left : left + side]
 
 
 def classifier_inputs(parser: nn.Module, images_rgb: Sequence[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Faces (each HxWx3 uint8 RGB) → (N x 3 x size x size images in [0, 1], N x 1 x size x size band masks)."""
-    resized = [cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR) for image in images_rgb]
+    """Faces (each HxWx3 uint8 RGB) → (N x 3 x size x size images in [0, 1], N x 1 x size x size band masks),
+    cut to a centred square and resized as the seed's Dataset does (scipy's imresize: PIL's BILINEAR)."""
+    from worker.pipeline.masks import pil_bilinear_resize
+
+    resized = [pil_bilinear_resize(centre_square(image), size) for image in images_rgb]
     masks = np.stack([neck_band_mask(parser, image) for image in resized])[:, None]
     images = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0
     return images, torch.from_numpy(masks)
 
 
-def classifier_scorer(classifier: DoubleChinClassifier, parser: nn.Module) -> Scorer:
-    """Double-chin probability (the second output) of each synthesised face."""
+def double_chin_probabilities(
+    classifier: DoubleChinClassifier, parser: nn.Module, images_rgb: Sequence[np.ndarray]
+) -> np.ndarray:
+    """N float32: the classifier's double-chin probability (its second output) of each HxWx3 uint8 RGB face."""
     device = next(classifier.parameters()).device
+    images, masks = classifier_inputs(parser, images_rgb, classifier.input_size)
+    with torch.no_grad():
+        return classifier(images.to(device), masks.to(device))[:, 1].cpu().numpy()
+
+
+def classifier_scorer(classifier: DoubleChinClassifier, parser: nn.Module) -> Scorer:
+    """Double-chin probability of each synthesised face."""
 
     def score(batch: SampleBatch) -> np.ndarray:
-        images, masks = classifier_inputs(parser, list(batch.images()), classifier.input_size)
-        with torch.no_grad():
-            return classifier(images.to(device), masks.to(device))[:, 1].cpu().numpy()
+        return double_chin_probabilities(classifier, parser, list(batch.images()))
 
     return score
 
