@@ -123,9 +123,10 @@ def work_through_outages(new_worker: Callable[[int], InProcessWorker], stopping:
 
 def run_job_threads(
     registry: ModelRegistry, queues: list[Queue], name: str, jobs_at_once: int, max_wait_seconds: float, burst: bool
-) -> None:
+) -> list[int]:
     """Drain `queues` (in order) with `jobs_at_once` job threads sharing one GPU batcher; return when all have stopped
-    (burst: the queue is empty; otherwise SIGINT/SIGTERM, after the running jobs finish)."""
+    (burst: the queue is empty; otherwise SIGINT/SIGTERM, after the running jobs finish). Returns how many items each
+    GPU batch held, in order."""
     alone_inverter, alone_diffuser = registry.inverter, registry.diffuser
     with GpuBatcher(jobs_at_once, max_wait_seconds) as batcher, stop_on_signals() as stopping:
         registry.inverter = BatchingInverter(batcher)
@@ -150,3 +151,4 @@ def run_job_threads(
                     thread.join(0.5)
         finally:
             registry.inverter, registry.diffuser = alone_inverter, alone_diffuser
+    return batcher.batch_sizes
