@@ -7,7 +7,7 @@ architectures (as `bench pipeline` builds it: StyleGAN2 config-f, LPIPS VGG16, B
 
 Latency is a job's `finished_at - created_at` from its record: queueing included, as a client sees it. All N jobs are
 queued at once, so the latencies of a run are spread by the queue; the run column is `finished_at - started_at`.
-"mean GPU batch" is how many crops the job threads' batcher stacked per GPU call (inversions and diffuses together).
+"mean GPU batch" is how many jobs' calls the batcher joined into each GPU call (inversions and diffuses together).
 Full size (1024 px, the service's 100 + 100 steps) takes hours on a CPU: `--resolution` and `--steps` run it smaller,
 and the table says what it ran.
 """
