@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from tests.seed_data import SEED_DATA
 from worker.models.landmarks import DlibLandmarker, load_dlib_landmarker
 
 
-def shared_dir() -> Path:
-    """`../shared` beside the checkout (as in CI), else $CHINFIX_SHARED_DIR."""
-    beside_checkout = Path(__file__).resolve().parents[2] / "shared"
-    if beside_checkout.is_dir():
-        return beside_checkout
-    return Path(os.environ["CHINFIX_SHARED_DIR"])
-
-
 def seed_portrait_paths() -> list[Path]:
-    paths = sorted((shared_dir() / "seed-data" / "portraits").glob("*.jpg"))
+    paths = sorted((SEED_DATA / "portraits").glob("*.jpg"))
     assert len(paths) == 7, f"expected the 7 seed portraits, found {len(paths)}"
     return paths
 
@@ -30,7 +22,7 @@ def seed_portrait_paths() -> list[Path]:
 @functools.cache
 def seed_portrait(name: str) -> np.ndarray:
     """1024x1024x3 uint8 RGB seed portrait by file stem (e.g. '00016')."""
-    bgr = cv2.imread(str(shared_dir() / "seed-data" / "portraits" / f"{name}.jpg"), cv2.IMREAD_COLOR)
+    bgr = cv2.imread(str(SEED_DATA / "portraits" / f"{name}.jpg"), cv2.IMREAD_COLOR)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -1,4 +1,4 @@
-"""Where the seed's published artifacts are: `../shared/seed-data` beside the checkout (as in CI), else
+"""The one place tests find the seed's published artifacts: `../shared/seed-data` beside the checkout (as in CI), else
 `$CHINFIX_SHARED_DIR/seed-data` (a git worktree elsewhere). Tests that need them skip when neither exists."""
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -13,8 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.seed_data import SEED_DATA
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SEED_DATA = Path(os.environ.get("CHINFIX_SEED_DATA", REPO_ROOT.parent / "shared" / "seed-data"))
 PORTRAITS = sorted((SEED_DATA / "portraits").glob("*.jpg"))
 
 

@@ -12,10 +12,11 @@ import pytest
 
 from chinfix.cli import main
 from chinfix.imaging import ImageLimits, decode_image
-from tests.align_fixtures import dlib_landmarker, noise_landscape, shared_dir
+from tests.align_fixtures import dlib_landmarker, noise_landscape
+from tests.seed_data import SEED_DATA
 from worker.pipeline.align import AlignmentResult, find_and_align
 
-PORTRAIT = shared_dir() / "seed-data" / "portraits" / "00212.jpg"
+PORTRAIT = SEED_DATA / "portraits" / "00212.jpg"
 
 
 @pytest.fixture(autouse=True)

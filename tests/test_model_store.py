@@ -18,8 +18,9 @@ from chinfix.cli import main as chinfix_main
 from chinfix.contract import ErrorCode
 from chinfix.errors import PipelineError
 from model_store.store import ModelStore, ModelStoreError, VerifyStatus, load_manifest
+from tests.seed_data import SEED_DATA
 
-SEED_BOUNDARIES = Path(__file__).resolve().parents[2] / "shared" / "seed-data" / "boundaries"
+SEED_BOUNDARIES = SEED_DATA / "boundaries"
 BRIEF_MODEL_NAMES = {
     "stylegan2_ffhq",
     "fine_boundary",
