@@ -202,3 +202,15 @@ class RedisKeys:
 
     def workers_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    def training_shard(self, run_id: str, shard: int) -> str:
+        """Hash: one shard of a `chinfix train pairs --queue` run (status, attempt, progress)."""
+        return f"{self.prefix}:train:{run_id}:shard:{shard}"
+
+    def training_shard_lease(self, run_id: str, shard: int) -> str:
+        """Refreshed by the worker running the shard; its expiry means that worker died."""
+        return f"{self.training_shard(run_id, shard)}:lease"
+
+    def training_shard_result(self, run_id: str, shard: int) -> str:
+        """Hash: the shard's arrays until the run collects them."""
+        return f"{self.training_shard(run_id, shard)}:result"

@@ -27,6 +27,7 @@ import redis
 from rq import Queue, get_current_job
 from rq.job import Job
 
+from chinfix.contract import RedisKeys
 from worker.training.directory import TrainingDir, load_npy, progress_bar
 from worker.training.pairs import (
     PairConfig,
@@ -80,17 +81,18 @@ class ShardBoard:
 
     def __init__(self, connection: redis.Redis, prefix: str, run_id: str, lease_seconds: int) -> None:
         self.redis = connection
-        self.base = f"{prefix}:train:{run_id}"
+        self.keys = RedisKeys(prefix)
+        self.run_id = run_id
         self.lease_seconds = lease_seconds
 
     def key(self, shard: int) -> str:
-        return f"{self.base}:shard:{shard}"
+        return self.keys.training_shard(self.run_id, shard)
 
     def lease_key(self, shard: int) -> str:
-        return f"{self.key(shard)}:lease"
+        return self.keys.training_shard_lease(self.run_id, shard)
 
     def result_key(self, shard: int) -> str:
-        return f"{self.key(shard)}:result"
+        return self.keys.training_shard_result(self.run_id, shard)
 
     def state(self, shard: int) -> ShardState | None:
         fields = {key.decode(): value.decode() for key, value in self.redis.hgetall(self.key(shard)).items()}
